@@ -1,0 +1,83 @@
+// Interface between the CPU operator (ops_cpu.cpp: checks, allocation,
+// at::parallel_for, the final reduction) and the vectorised kernels, which are
+// compiled once per instruction set (kernel_default.cpp, kernel_avx2.cpp,
+// kernel_avx512.cpp) from kernel_impl.h and picked at run time.
+//
+// The rows are split into blocks whose size depends on C only, never on the
+// thread count; each block writes its partial sums to its own slot and the
+// operator adds the slots in order.  Results are therefore bitwise identical
+// for any number of threads.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+#include "../mom_loss.h"
+
+namespace momkernels::cpu {
+
+// C at or below this goes to the tile path (many rows per block, one flat
+// vectorised exp over the whole tile); above it, each row is streamed in chunks
+// with an online softmax.
+constexpr int64_t kTileMaxC = 64;
+// Elements of one tile / of one row chunk held in a stack buffer.
+constexpr int64_t kTileElems = 2048;
+constexpr int64_t kChunkElems = 2048;
+// Rows per block on the row path: about 32K elements of work per block.
+constexpr int64_t kRowBlockElems = 32768;
+
+inline int64_t block_rows_for(int64_t C) {
+  if (C <= kTileMaxC) return kTileElems / (C > 0 ? C : 1);
+  const int64_t r = kRowBlockElems / C;
+  return r > 0 ? r : 1;
+}
+
+struct Common {
+  c10::ScalarType dtype;  // of the logits (and of the gradient)
+  const void* x;          // logits, (N, C) with strides (sN, sC)
+  int64_t N, C, sN, sC;
+  const void* t;  // targets, (N,) with stride sT, int32 or int64
+  bool t_int32;
+  int64_t sT;
+  const void* w;  // class weights (C,) contiguous in the math dtype, or nullptr
+  double W;       // sum of the class weights (C when there are none)
+  int64_t ignore_index, o_index;
+  LossOptions opt;
+  const void* stats;  // (N, 2) math dtype: (max, log normaliser) per row
+  int64_t block_rows;
+};
+
+struct FwdArgs {
+  Common c;
+  void* stats_out;   // (N, 2) math dtype, written
+  void* none_out;    // (N,) logits dtype, per-row c_i * l_i, or nullptr
+  double none_a, none_b;  // coefficients for none_out
+  double* partials;  // (num_blocks, 3): sum_valid l, sum_O l, sum_valid w_y
+  int64_t* bad_row;  // (num_blocks,): first row with an out-of-range target, or -1
+};
+
+struct BwdArgs {
+  Common c;
+  const void* grad;  // upstream gradient in the math dtype: 1 value or (N,)
+  bool grad_per_row;
+  double a, b;       // row coefficient c_i = a + b [y_i == o_index]
+  void* grad_in;     // (N, C) contiguous, logits dtype, written
+};
+
+struct KernelTable {
+  const char* isa;
+  void (*forward)(const FwdArgs&, int64_t block_begin, int64_t block_end);
+  void (*backward)(const BwdArgs&, int64_t block_begin, int64_t block_end);
+};
+
+// The kernels for this CPU (at::get_cpu_capability(), so ATEN_CPU_CAPABILITY
+// also selects ours) and their name.
+const KernelTable& kernels_for_this_cpu();
+const char* isa_name();
+
+namespace DEFAULT { KernelTable kernels(); }
+namespace AVX2 { KernelTable kernels(); }
+namespace AVX512 { KernelTable kernels(); }
+
+}  // namespace momkernels::cpu

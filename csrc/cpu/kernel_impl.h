@@ -1,0 +1,514 @@
+// Vectorised CPU kernels of the MoM loss, written once with ATen's at::vec and
+// compiled once per instruction set: include this after defining
+// CPU_CAPABILITY (DEFAULT, AVX2, AVX512) and the matching CPU_CAPABILITY_<ISA>
+// macro, as kernel_<isa>.cpp do.  The per-row math is mom_loss.h's.
+//
+// Two layouts, picked by C (kernel.h):
+//  * tile path (C <= kTileMaxC, NER): a block is a tile of rows x all classes,
+//    copied to a stack buffer as x - rowmax, then ONE vectorised exp over the
+//    whole tile -- per-row vectors would be mostly empty lanes for C = 9;
+//  * row path (large C, LM vocabularies): each row streams through in chunks
+//    of kChunkElems; each chunk's max and exp-sum are computed from L1 and
+//    merged online, so the forward reads the logits from memory once.
+// Math is in float (double for double logits); accumulators for the reduced
+// sums are double.
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+#include "../mom_loss.h"
+#include "kernel.h"
+
+namespace momkernels::cpu {
+namespace CPU_CAPABILITY {
+
+using at::vec::Vectorized;
+
+template <typename scalar_t>
+using acc_t_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// ---------------------------------------------------------------- loading
+
+// n logits of one row starting at p, class stride sC, as acc_t.  Returns p
+// itself when it already is contiguous acc_t (no copy), else fills buf.
+template <typename scalar_t, typename acc_t>
+inline const acc_t* load_span(const scalar_t* p, int64_t sC, int64_t n, acc_t* buf) {
+  if (sC == 1) {
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      return p;
+    } else {
+      at::vec::convert(p, buf, n);
+      return buf;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<acc_t>(p[i * sC]);
+  return buf;
+}
+
+template <typename acc_t>
+inline void store_span(const acc_t* src, acc_t* dst, int64_t n) {
+  if (src != dst) std::copy(src, src + n, dst);
+}
+template <typename acc_t, typename scalar_t>
+inline void store_span(const acc_t* src, scalar_t* dst, int64_t n) {
+  at::vec::convert(src, dst, n);
+}
+
+inline int64_t load_target(const Common& c, int64_t i) {
+  return c.t_int32 ? static_cast<int64_t>(static_cast<const int32_t*>(c.t)[i * c.sT])
+                   : static_cast<const int64_t*>(c.t)[i * c.sT];
+}
+
+template <typename acc_t>
+inline acc_t class_weight(const Common& c, int64_t y) {
+  return c.w ? static_cast<const acc_t*>(c.w)[y] : acc_t(1);
+}
+
+// ---------------------------------------------------------------- reductions
+
+template <typename acc_t>
+inline acc_t span_max(const acc_t* v, int64_t n) {
+  using Vec = Vectorized<acc_t>;
+  return at::vec::reduce_all<acc_t>(
+      [](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, v, n);
+}
+
+// Softmax normaliser parts of a span relative to its max m: the number of
+// elements whose exp(x - m) is exactly 1 (ties with the max) and the sum of
+// the others; see mom_loss.h's log_normaliser for why they are kept apart.
+template <typename acc_t>
+inline void span_expsum(const acc_t* v, int64_t n, acc_t m, acc_t& ties, acc_t& rest) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  const Vec vm(m), one(1), zero(0);
+  Vec vr(0), vt(0);
+  int64_t i = 0;
+  for (; i + V <= n; i += V) {
+    const Vec e = (Vec::loadu(v + i) - vm).exp();
+    const Vec tie = (e == one);
+    vr += Vec::blendv(e, zero, tie);
+    vt += (tie & one);
+  }
+  acc_t r = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, vr);
+  acc_t t = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, vt);
+  for (; i < n; ++i) {
+    const acc_t e = std::exp(v[i] - m);
+    if (e == acc_t(1)) t += acc_t(1); else r += e;
+  }
+  ties = t;
+  rest = r;
+}
+
+// sum_c w_c (m - x_c) >= 0 over a span (all terms non-negative: no
+// cancellation) and sum_c w_c; w == nullptr means unit weights.
+template <typename acc_t>
+inline void span_weighted_dev(const acc_t* v, const acc_t* w, int64_t n, acc_t m,
+                              acc_t& wdev, acc_t& wsum) {
+  using Vec = Vectorized<acc_t>;
+  if (w == nullptr) {
+    wdev = at::vec::map_reduce_all<acc_t>(
+        [m](Vec x) { return Vec(m) - x; }, [](Vec& a, Vec& b) { return a + b; }, v, n);
+    wsum = acc_t(n);
+  } else {
+    wdev = at::vec::map2_reduce_all<acc_t>(
+        [m](Vec x, Vec ww) { return (Vec(m) - x) * ww; },
+        [](Vec& a, Vec& b) { return a + b; }, v, w, n);
+    wsum = at::vec::reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, w, n);
+  }
+}
+
+// ---------------------------------------------------------------- per row
+
+// Running online-softmax state of one row.
+template <typename acc_t>
+struct RowState {
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  acc_t ties = 0, rest = 0;  // normaliser relative to m
+  acc_t wdev = 0, wsum = 0;  // label smoothing: sum w (m - x), sum w so far
+
+  // Merge a span whose own max is cm.
+  void merge(acc_t cm, acc_t cties, acc_t crest, acc_t cwdev, acc_t cwsum) {
+    if (cm > m) {
+      const acc_t scale = std::exp(m - cm);  // 0 for the first span (m = -inf)
+      rest = (ties + rest) * scale + crest;
+      ties = cties;
+      wdev = (wsum > 0 ? wdev + (cm - m) * wsum : acc_t(0)) + cwdev;
+      m = cm;
+    } else if (cm == m) {
+      ties += cties;
+      rest += crest;
+      wdev += cwdev;
+    } else {  // cm < m, or NaN, which propagates through scale
+      const acc_t scale = std::exp(cm - m);
+      rest += (cties + crest) * scale;
+      wdev += cwdev + (m - cm) * cwsum;
+    }
+    wsum += cwsum;
+  }
+};
+
+// Loss of one valid row from its statistics; also returns lp = log p_y.
+template <typename acc_t>
+inline acc_t row_value(const Common& c, acc_t x_y, acc_t m, acc_t logs, acc_t wdev, acc_t w_y) {
+  const acc_t lp = (x_y - m) - logs;
+  acc_t ell = w_y * row_loss<acc_t>(lp, c.opt).value;
+  if (c.opt.label_smoothing > 0) {
+    const acc_t eps = acc_t(c.opt.label_smoothing);
+    ell = (acc_t(1) - eps) * ell + smoothing_value<acc_t>(wdev, acc_t(c.W), logs, eps, c.C);
+  }
+  return ell;
+}
+
+// Gradient coefficients of one valid row, already scaled by the upstream
+// gradient g and the row coefficient: grad_j = P * p_j - S * w_j  (j != y),
+// grad_y = A * (p_y - 1) + Bs * p_y - S * w_y, with P = A + Bs.
+template <typename acc_t>
+struct RowGrad {
+  acc_t A, Bs, S;
+};
+
+template <typename acc_t>
+inline RowGrad<acc_t> row_grad(const Common& c, acc_t scale, acc_t lp, acc_t w_y) {
+  const acc_t h = row_loss<acc_t>(lp, c.opt).h;
+  RowGrad<acc_t> r;
+  const acc_t eps = acc_t(c.opt.label_smoothing);
+  r.A = scale * (acc_t(1) - eps) * w_y * h;
+  r.S = scale * eps / acc_t(c.C);
+  r.Bs = r.S * acc_t(c.W);
+  return r;
+}
+
+// Per-block bookkeeping shared by both paths.
+struct BlockSums {
+  double s_valid = 0, s_o = 0, denom = 0;
+  int64_t bad = -1;
+};
+
+template <typename acc_t, typename scalar_t>
+inline void finish_row(const FwdArgs& a, int64_t i, int64_t y, bool valid, acc_t ell, acc_t w_y,
+                       BlockSums& bs) {
+  const Common& c = a.c;
+  if (!valid) ell = acc_t(0);
+  if (valid) {
+    bs.s_valid += double(ell);
+    bs.denom += double(w_y);
+    if (y == c.o_index) bs.s_o += double(ell);
+  }
+  if (a.none_out) {
+    const double coef = y == c.o_index ? a.none_a + a.none_b : a.none_a;
+    static_cast<scalar_t*>(a.none_out)[i] =
+        static_cast<scalar_t>(valid ? acc_t(coef) * ell : acc_t(0));
+  }
+}
+
+// Classifies a target: returns true for a valid row; marks out-of-range ones.
+inline bool check_target(const Common& c, int64_t i, int64_t y, BlockSums& bs, bool& bad) {
+  bad = false;
+  if (y == c.ignore_index) return false;
+  if (y < 0 || y >= c.C) {
+    bad = true;
+    if (bs.bad < 0) bs.bad = i;
+    return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------- forward
+
+template <typename scalar_t>
+void forward_rows(const FwdArgs& a, int64_t blk) {
+  using acc_t = acc_t_of<scalar_t>;
+  const Common& c = a.c;
+  const scalar_t* x = static_cast<const scalar_t*>(c.x);
+  acc_t* stats = static_cast<acc_t*>(a.stats_out);
+  const acc_t* w = static_cast<const acc_t*>(c.w);
+  const bool smooth = c.opt.label_smoothing > 0;
+  alignas(64) acc_t buf[kChunkElems];
+  BlockSums bs;
+  const int64_t r0 = blk * c.block_rows, r1 = std::min(c.N, r0 + c.block_rows);
+  for (int64_t i = r0; i < r1; ++i) {
+    const int64_t y = load_target(c, i);
+    bool bad;
+    const bool valid = check_target(c, i, y, bs, bad);
+    if (!valid) {
+      stats[2 * i] = stats[2 * i + 1] = acc_t(0);
+      finish_row<acc_t, scalar_t>(a, i, y, false, acc_t(0), acc_t(0), bs);
+      if (bad && a.none_out)
+        static_cast<scalar_t*>(a.none_out)[i] = std::numeric_limits<scalar_t>::quiet_NaN();
+      continue;
+    }
+    const scalar_t* row = x + i * c.sN;
+    RowState<acc_t> st;
+    for (int64_t c0 = 0; c0 < c.C; c0 += kChunkElems) {
+      const int64_t n = std::min(kChunkElems, c.C - c0);
+      const acc_t* v = load_span(row + c0 * c.sC, c.sC, n, buf);
+      const acc_t cm = span_max(v, n);
+      acc_t cties, crest, cwdev = 0, cwsum = 0;
+      span_expsum(v, n, cm, cties, crest);
+      if (smooth) span_weighted_dev(v, w ? w + c0 : nullptr, n, cm, cwdev, cwsum);
+      st.merge(cm, cties, crest, cwdev, cwsum);
+    }
+    const acc_t logs = log_normaliser(st.ties, st.rest);
+    stats[2 * i] = st.m;
+    stats[2 * i + 1] = logs;
+    const acc_t w_y = class_weight<acc_t>(c, y);
+    const acc_t x_y = static_cast<acc_t>(row[y * c.sC]);
+    finish_row<acc_t, scalar_t>(a, i, y, true, row_value(c, x_y, st.m, logs, st.wdev, w_y), w_y, bs);
+  }
+  a.partials[3 * blk] = bs.s_valid;
+  a.partials[3 * blk + 1] = bs.s_o;
+  a.partials[3 * blk + 2] = bs.denom;
+  a.bad_row[blk] = bs.bad;
+}
+
+template <typename scalar_t>
+void forward_tile(const FwdArgs& a, int64_t blk) {
+  using acc_t = acc_t_of<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  const Common& c = a.c;
+  const int64_t C = c.C;
+  const scalar_t* x = static_cast<const scalar_t*>(c.x);
+  acc_t* stats = static_cast<acc_t*>(a.stats_out);
+  const acc_t* w = static_cast<const acc_t*>(c.w);
+  alignas(64) acc_t xbuf[kTileElems];
+  alignas(64) acc_t e[kTileElems];
+  alignas(64) acc_t rowmax[kTileElems];
+  BlockSums bs;
+  const int64_t r0 = blk * c.block_rows, r1 = std::min(c.N, r0 + c.block_rows);
+  const int64_t R = r1 - r0;
+  // 1. the tile as acc_t, rows contiguous
+  const acc_t* xt;
+  if (c.sC == 1 && c.sN == C) {
+    xt = load_span(x + r0 * C, 1, R * C, xbuf);
+  } else {
+    for (int64_t r = 0; r < R; ++r) {
+      const acc_t* v = load_span(x + (r0 + r) * c.sN, c.sC, C, xbuf + r * C);
+      if (v != xbuf + r * C) std::copy(v, v + C, xbuf + r * C);
+    }
+    xt = xbuf;
+  }
+  // 2. row max, then x - max for the whole tile, then one flat exp
+  for (int64_t r = 0; r < R; ++r) {
+    const acc_t* v = xt + r * C;
+    acc_t m = v[0];
+    for (int64_t j = 1; j < C; ++j) m = (v[j] > m || v[j] != v[j]) ? v[j] : m;
+    rowmax[r] = m;
+    for (int64_t j = 0; j < C; ++j) e[r * C + j] = v[j] - m;
+  }
+  at::vec::map([](Vec v) { return v.exp(); }, e, e, R * C);
+  // 3. per row: normaliser, loss
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t i = r0 + r;
+    const int64_t y = load_target(c, i);
+    bool bad;
+    const bool valid = check_target(c, i, y, bs, bad);
+    if (!valid) {
+      stats[2 * i] = stats[2 * i + 1] = acc_t(0);
+      finish_row<acc_t, scalar_t>(a, i, y, false, acc_t(0), acc_t(0), bs);
+      if (bad && a.none_out)
+        static_cast<scalar_t*>(a.none_out)[i] = std::numeric_limits<scalar_t>::quiet_NaN();
+      continue;
+    }
+    const acc_t* er = e + r * C;
+    acc_t ties = 0, rest = 0;
+    for (int64_t j = 0; j < C; ++j) {
+      if (er[j] == acc_t(1)) ties += acc_t(1); else rest += er[j];
+    }
+    const acc_t m = rowmax[r];
+    const acc_t logs = log_normaliser(ties, rest);
+    stats[2 * i] = m;
+    stats[2 * i + 1] = logs;
+    acc_t wdev = 0;
+    if (c.opt.label_smoothing > 0) {
+      const acc_t* v = xt + r * C;
+      for (int64_t j = 0; j < C; ++j) wdev += (w ? w[j] : acc_t(1)) * (m - v[j]);
+    }
+    const acc_t w_y = class_weight<acc_t>(c, y);
+    finish_row<acc_t, scalar_t>(a, i, y, true, row_value(c, xt[r * C + y], m, logs, wdev, w_y),
+                                w_y, bs);
+  }
+  a.partials[3 * blk] = bs.s_valid;
+  a.partials[3 * blk + 1] = bs.s_o;
+  a.partials[3 * blk + 2] = bs.denom;
+  a.bad_row[blk] = bs.bad;
+}
+
+// ---------------------------------------------------------------- backward
+
+template <typename acc_t>
+inline acc_t upstream(const BwdArgs& a, int64_t i) {
+  const acc_t* g = static_cast<const acc_t*>(a.grad);
+  return a.grad_per_row ? g[i] : g[0];
+}
+
+// Row scale (upstream gradient x row coefficient), 0 for rows without gradient.
+template <typename acc_t>
+inline acc_t row_scale(const BwdArgs& a, int64_t i, int64_t& y) {
+  const Common& c = a.c;
+  y = load_target(c, i);
+  if (y == c.ignore_index || y < 0 || y >= c.C) return acc_t(0);
+  const acc_t coef = row_coefficient<acc_t>(acc_t(a.a), acc_t(a.b), y == c.o_index);
+  return upstream<acc_t>(a, i) * coef;
+}
+
+// grad = P * p - S * w over a span, p = exp((v - m) - logs); written to out.
+// (v - m) - logs, not v - (m + logs): the latter rounds m + logs to the
+// magnitude of m and loses p's relative accuracy for huge logits.
+template <typename acc_t>
+inline void span_grad(const acc_t* v, const acc_t* w, int64_t n, acc_t m, acc_t logs, acc_t P,
+                      acc_t S, acc_t* out) {
+  using Vec = Vectorized<acc_t>;
+  if (S == acc_t(0)) {
+    at::vec::map([m, logs, P](Vec x) { return ((x - Vec(m)) - Vec(logs)).exp() * Vec(P); }, out, v,
+                 n);
+  } else if (w == nullptr) {
+    at::vec::map(
+        [m, logs, P, S](Vec x) { return ((x - Vec(m)) - Vec(logs)).exp() * Vec(P) - Vec(S); }, out,
+        v, n);
+  } else {
+    at::vec::map2(
+        [m, logs, P, S](Vec x, Vec ww) {
+          return ((x - Vec(m)) - Vec(logs)).exp() * Vec(P) - Vec(S) * ww;
+        },
+        out, v, w, n);
+  }
+}
+
+template <typename scalar_t>
+void backward_rows(const BwdArgs& a, int64_t blk) {
+  using acc_t = acc_t_of<scalar_t>;
+  const Common& c = a.c;
+  const int64_t C = c.C;
+  const scalar_t* x = static_cast<const scalar_t*>(c.x);
+  scalar_t* gout = static_cast<scalar_t*>(a.grad_in);
+  const acc_t* stats = static_cast<const acc_t*>(c.stats);
+  const acc_t* w = static_cast<const acc_t*>(c.w);
+  alignas(64) acc_t buf[kChunkElems];
+  alignas(64) acc_t obuf[kChunkElems];
+  const int64_t r0 = blk * c.block_rows, r1 = std::min(c.N, r0 + c.block_rows);
+  for (int64_t i = r0; i < r1; ++i) {
+    int64_t y;
+    const acc_t scale = row_scale<acc_t>(a, i, y);
+    scalar_t* grow = gout + i * C;
+    if (scale == acc_t(0)) {
+      std::fill(grow, grow + C, scalar_t(0));
+      continue;
+    }
+    const scalar_t* row = x + i * c.sN;
+    const acc_t m = stats[2 * i], logs = stats[2 * i + 1];
+    const acc_t lp = (static_cast<acc_t>(row[y * c.sC]) - m) - logs;
+    const acc_t w_y = class_weight<acc_t>(c, y);
+    const RowGrad<acc_t> g = row_grad<acc_t>(c, scale, lp, w_y);
+    for (int64_t c0 = 0; c0 < C; c0 += kChunkElems) {
+      const int64_t n = std::min(kChunkElems, C - c0);
+      const acc_t* v = load_span(row + c0 * c.sC, c.sC, n, buf);
+      acc_t* o = obuf;
+      if constexpr (std::is_same_v<scalar_t, acc_t>) o = grow + c0;
+      span_grad(v, w ? w + c0 : nullptr, n, m, logs, g.A + g.Bs, g.S, o);
+      store_span(o, grow + c0, n);
+    }
+    // true class: A (p_y - 1) with p_y - 1 = expm1(lp), exact for p_y -> 1
+    grow[y] = static_cast<scalar_t>(g.A * std::expm1(lp) + g.Bs * std::exp(lp) - g.S * w_y);
+  }
+}
+
+template <typename scalar_t>
+void backward_tile(const BwdArgs& a, int64_t blk) {
+  using acc_t = acc_t_of<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  const Common& c = a.c;
+  const int64_t C = c.C;
+  const scalar_t* x = static_cast<const scalar_t*>(c.x);
+  scalar_t* gout = static_cast<scalar_t*>(a.grad_in);
+  const acc_t* stats = static_cast<const acc_t*>(c.stats);
+  const acc_t* w = static_cast<const acc_t*>(c.w);
+  alignas(64) acc_t xbuf[kTileElems];
+  alignas(64) acc_t p[kTileElems];
+  const int64_t r0 = blk * c.block_rows, r1 = std::min(c.N, r0 + c.block_rows);
+  const int64_t R = r1 - r0;
+  const acc_t* xt;
+  if (c.sC == 1 && c.sN == C) {
+    xt = load_span(x + r0 * C, 1, R * C, xbuf);
+  } else {
+    for (int64_t r = 0; r < R; ++r) {
+      const acc_t* v = load_span(x + (r0 + r) * c.sN, c.sC, C, xbuf + r * C);
+      if (v != xbuf + r * C) std::copy(v, v + C, xbuf + r * C);
+    }
+    xt = xbuf;
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t i = r0 + r;
+    const acc_t m = stats[2 * i], logs = stats[2 * i + 1];
+    for (int64_t j = 0; j < C; ++j) p[r * C + j] = (xt[r * C + j] - m) - logs;
+  }
+  at::vec::map([](Vec v) { return v.exp(); }, p, p, R * C);
+  // p becomes the gradient in place, row by row
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t i = r0 + r;
+    int64_t y;
+    const acc_t scale = row_scale<acc_t>(a, i, y);
+    acc_t* pr = p + r * C;
+    if (scale == acc_t(0)) {
+      std::fill(pr, pr + C, acc_t(0));
+      continue;
+    }
+    const acc_t lp = (xt[r * C + y] - stats[2 * i]) - stats[2 * i + 1];
+    const acc_t w_y = class_weight<acc_t>(c, y);
+    const RowGrad<acc_t> g = row_grad<acc_t>(c, scale, lp, w_y);
+    const acc_t P = g.A + g.Bs;
+    if (g.S == acc_t(0)) {
+      for (int64_t j = 0; j < C; ++j) pr[j] *= P;
+    } else {
+      for (int64_t j = 0; j < C; ++j) pr[j] = P * pr[j] - g.S * (w ? w[j] : acc_t(1));
+    }
+    pr[y] = g.A * std::expm1(lp) + g.Bs * std::exp(lp) - g.S * w_y;
+  }
+  store_span(p, gout + r0 * C, R * C);
+}
+
+// ---------------------------------------------------------------- dispatch
+
+template <typename F>
+inline void by_dtype(c10::ScalarType t, F&& f) {
+  switch (t) {
+    case c10::ScalarType::Float: f(float{}); break;
+    case c10::ScalarType::Double: f(double{}); break;
+    case c10::ScalarType::Half: f(c10::Half{}); break;
+    case c10::ScalarType::BFloat16: f(c10::BFloat16{}); break;
+    default: break;  // rejected by the operator before any kernel runs
+  }
+}
+
+inline void forward(const FwdArgs& a, int64_t b0, int64_t b1) {
+  by_dtype(a.c.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    for (int64_t b = b0; b < b1; ++b) {
+      if (a.c.C <= kTileMaxC) forward_tile<scalar_t>(a, b); else forward_rows<scalar_t>(a, b);
+    }
+  });
+}
+
+inline void backward(const BwdArgs& a, int64_t b0, int64_t b1) {
+  by_dtype(a.c.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    for (int64_t b = b0; b < b1; ++b) {
+      if (a.c.C <= kTileMaxC) backward_tile<scalar_t>(a, b); else backward_rows<scalar_t>(a, b);
+    }
+  });
+}
+
+#define MOMK_STR2(s) #s
+#define MOMK_STR(s) MOMK_STR2(s)
+
+KernelTable kernels() { return KernelTable{MOMK_STR(CPU_CAPABILITY), &forward, &backward}; }
+
+}  // namespace CPU_CAPABILITY
+}  // namespace momkernels::cpu

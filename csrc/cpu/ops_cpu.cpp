@@ -1,0 +1,177 @@
+// CPU implementation of the momkernels operators: checks, allocation, the
+// parallel loop over row blocks and the final (deterministic) reduction.  The
+// per-block work is in kernel_impl.h, built once per instruction set.
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "../op_common.h"
+#include "kernel.h"
+
+namespace momkernels::cpu {
+
+const KernelTable& kernels_for_this_cpu() {
+  static const KernelTable table = [] {
+#if defined(__x86_64__) || defined(_M_X64)
+    const std::string cap = at::get_cpu_capability();
+    if (cap.rfind("AVX512", 0) == 0) return AVX512::kernels();
+    if (cap == "AVX2") return AVX2::kernels();
+#endif
+    return DEFAULT::kernels();
+  }();
+  return table;
+}
+
+const char* isa_name() { return kernels_for_this_cpu().isa; }
+
+namespace {
+
+// Work per parallel task, in logits elements, so that tiny inputs stay on one
+// thread (thread wake-up costs more than they do).
+constexpr int64_t kTaskElems = 65536;
+
+Common make_common(const at::Tensor& input, const at::Tensor& target, const at::Tensor& w,
+                   int64_t o_index, int64_t ignore_index, const LossOptions& opt) {
+  Common c{};
+  c.dtype = input.scalar_type();
+  c.x = input.data_ptr();
+  c.N = input.size(0);
+  c.C = input.size(1);
+  c.sN = input.stride(0);
+  c.sC = input.stride(1);
+  c.t = target.data_ptr();
+  c.t_int32 = target.scalar_type() == at::kInt;
+  c.sT = target.stride(0);
+  c.w = w.defined() ? w.data_ptr() : nullptr;
+  c.W = double(c.C);
+  if (w.defined()) {
+    // sum of the class weights, in a fixed order (deterministic)
+    double W = 0;
+    if (w.scalar_type() == at::kDouble) {
+      const double* p = w.const_data_ptr<double>();
+      for (int64_t j = 0; j < c.C; ++j) W += p[j];
+    } else {
+      const float* p = w.const_data_ptr<float>();
+      for (int64_t j = 0; j < c.C; ++j) W += p[j];
+    }
+    c.W = W;
+  }
+  c.ignore_index = ignore_index;
+  c.o_index = o_index;
+  c.opt = opt;
+  c.block_rows = block_rows_for(c.C);
+  return c;
+}
+
+int64_t num_blocks(const Common& c) { return (c.N + c.block_rows - 1) / c.block_rows; }
+
+int64_t task_grain(const Common& c) {
+  const int64_t per_block = c.block_rows * c.C;
+  return std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, per_block));
+}
+
+at::Tensor math_weight(const std::optional<at::Tensor>& weight, at::ScalarType acc) {
+  return weight.has_value() ? weight->to(acc).contiguous() : at::Tensor();
+}
+
+template <typename acc_t>
+void write_coef(at::Tensor& coef, double a, double b) {
+  acc_t* p = coef.data_ptr<acc_t>();
+  p[0] = acc_t(a);
+  p[1] = acc_t(b);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_cpu(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    double lam, int64_t o_index, int64_t ignore_index, c10::string_view loss, double gamma,
+    double dice_alpha, double dice_smooth, double label_smoothing, c10::string_view reduction,
+    c10::string_view mom_norm) {
+  check_op_inputs(input, target, weight);
+  TORCH_CHECK_VALUE(lam >= 0 && lam <= 1, "momkernels: lam must be in [0, 1]; got ", lam);
+  const LossOptions opt = make_options(loss, gamma, dice_alpha, dice_smooth, label_smoothing);
+  const Reduction red = parse_reduction(reduction);
+  const MoMNorm norm = parse_mom_norm(mom_norm);
+  auto [out, stats, coef] = make_forward_outputs(input, red);
+  const at::ScalarType acc = math_dtype(input.scalar_type());
+  const at::Tensor w = math_weight(weight, acc);
+
+  FwdArgs a{};
+  a.c = make_common(input, target, w, o_index, ignore_index, opt);
+  const int64_t nb = num_blocks(a.c);
+  std::vector<double> partials(3 * nb);
+  std::vector<int64_t> bad(nb, -1);
+  a.stats_out = stats.data_ptr();
+  a.none_out = red == Reduction::NONE ? out.data_ptr() : nullptr;
+  a.none_a = lam;
+  a.none_b = 1.0 - lam;
+  a.partials = partials.data();
+  a.bad_row = bad.data();
+  const KernelTable& k = kernels_for_this_cpu();
+  at::parallel_for(0, nb, task_grain(a.c), [&](int64_t b0, int64_t b1) { k.forward(a, b0, b1); });
+
+  for (int64_t b = 0; b < nb; ++b) {
+    if (bad[b] >= 0) {
+      const int64_t y = target[bad[b]].item<int64_t>();
+      TORCH_CHECK_INDEX(false, "Target ", y, " is out of bounds.");
+    }
+  }
+  // blocks are added in order: the result does not depend on the thread count
+  double s_valid = 0, s_o = 0, denom = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    s_valid += partials[3 * b];
+    s_o += partials[3 * b + 1];
+    denom += partials[3 * b + 2];
+  }
+  const Reduced<double> r =
+      reduce_loss<double>(s_valid, s_o, denom, double(a.c.N), lam, red, norm);
+  if (acc == at::kDouble) write_coef<double>(coef, r.a, r.b); else write_coef<float>(coef, r.a, r.b);
+  if (red != Reduction::NONE) out.fill_(r.loss);
+  return {out, stats, coef};
+}
+
+at::Tensor mom_loss_bwd_cpu(const at::Tensor& grad, const at::Tensor& input,
+                            const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                            const at::Tensor& stats, const at::Tensor& coef, int64_t o_index,
+                            int64_t ignore_index, c10::string_view loss, double gamma,
+                            double dice_alpha, double dice_smooth, double label_smoothing) {
+  check_op_inputs(input, target, weight);
+  const LossOptions opt = make_options(loss, gamma, dice_alpha, dice_smooth, label_smoothing);
+  const int64_t N = input.size(0);
+  const at::ScalarType acc = math_dtype(input.scalar_type());
+  TORCH_CHECK_VALUE(grad.numel() == 1 || (grad.dim() == 1 && grad.size(0) == N),
+                    "momkernels: grad must be 0-dim or (N,); got shape ", grad.sizes());
+  TORCH_CHECK_VALUE(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == 2,
+                    "momkernels: stats must be (N, 2); got shape ", stats.sizes());
+  TORCH_CHECK_VALUE(coef.numel() == 2, "momkernels: coef must have 2 elements; got ", coef.sizes());
+  const at::Tensor g = grad.to(acc).contiguous();
+  const at::Tensor st = stats.to(acc).contiguous();
+  const at::Tensor cf = coef.to(at::kDouble).contiguous();
+  const at::Tensor w = math_weight(weight, acc);
+  at::Tensor grad_in = at::empty({N, input.size(1)}, input.options());
+
+  BwdArgs a{};
+  a.c = make_common(input, target, w, o_index, ignore_index, opt);
+  a.c.stats = st.data_ptr();
+  a.grad = g.data_ptr();
+  a.grad_per_row = grad.dim() == 1;
+  a.a = cf.const_data_ptr<double>()[0];
+  a.b = cf.const_data_ptr<double>()[1];
+  a.grad_in = grad_in.data_ptr();
+  const KernelTable& k = kernels_for_this_cpu();
+  at::parallel_for(0, num_blocks(a.c), task_grain(a.c),
+                   [&](int64_t b0, int64_t b1) { k.backward(a, b0, b1); });
+  return grad_in;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(momkernels, CPU, m) {
+  m.impl("mom_loss_fwd", &mom_loss_fwd_cpu);
+  m.impl("mom_loss_bwd", &mom_loss_bwd_cpu);
+}
+
+}  // namespace momkernels::cpu

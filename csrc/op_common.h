@@ -1,0 +1,100 @@
+// Host-side pieces shared by the CPU and CUDA operators: parsing the string
+// options of the schemas into mom_loss.h's enums, argument checks and output
+// allocation.  The Python layer has already validated every argument with
+// friendlier messages; these checks guard direct torch.ops calls.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
+
+#include <optional>
+#include <tuple>
+
+#include "mom_loss.h"
+
+namespace momkernels {
+
+inline LossKind parse_loss(c10::string_view s) {
+  if (s == "ce") return LossKind::CE;
+  if (s == "focal") return LossKind::FOCAL;
+  if (s == "dice") return LossKind::DICE;
+  TORCH_CHECK_VALUE(false, "momkernels: loss must be 'ce', 'focal' or 'dice'; got '", s, "'");
+}
+
+inline Reduction parse_reduction(c10::string_view s) {
+  if (s == "none") return Reduction::NONE;
+  if (s == "sum") return Reduction::SUM;
+  if (s == "mean") return Reduction::MEAN;
+  TORCH_CHECK_VALUE(false, "momkernels: reduction must be 'mean', 'sum' or 'none'; got '", s, "'");
+}
+
+inline MoMNorm parse_mom_norm(c10::string_view s) {
+  if (s == "valid") return MoMNorm::VALID;
+  if (s == "rows") return MoMNorm::ROWS;
+  TORCH_CHECK_VALUE(false, "momkernels: mom_norm must be 'valid' or 'rows'; got '", s, "'");
+}
+
+inline LossOptions make_options(c10::string_view loss, double gamma, double dice_alpha,
+                                double dice_smooth, double label_smoothing) {
+  LossOptions o;
+  o.kind = parse_loss(loss);
+  TORCH_CHECK_VALUE(gamma >= 0, "momkernels: gamma must be >= 0; got ", gamma);
+  TORCH_CHECK_VALUE(dice_alpha >= 0, "momkernels: dice_alpha must be >= 0; got ", dice_alpha);
+  TORCH_CHECK_VALUE(dice_smooth > 0, "momkernels: dice_smooth must be > 0; got ", dice_smooth);
+  TORCH_CHECK_VALUE(label_smoothing >= 0 && label_smoothing <= 1,
+                    "momkernels: label_smoothing must be in [0, 1]; got ", label_smoothing);
+  TORCH_CHECK_VALUE(label_smoothing == 0 || o.kind == LossKind::CE,
+                    "momkernels: label_smoothing > 0 is only defined for loss='ce'");
+  o.gamma = gamma;
+  o.dice_alpha = dice_alpha;
+  o.dice_smooth = dice_smooth;
+  o.label_smoothing = label_smoothing;
+  return o;
+}
+
+inline at::ScalarType math_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_op_inputs(const at::Tensor& input, const at::Tensor& target,
+                            const std::optional<at::Tensor>& weight) {
+  TORCH_CHECK_VALUE(input.dim() == 2, "momkernels: input must be (N, C); got shape ", input.sizes());
+  const auto st = input.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+                   "momkernels: input must be float16, bfloat16, float32 or float64; got ", st);
+  TORCH_CHECK_VALUE(input.size(1) >= 1, "momkernels: input needs C >= 1 classes; got shape ",
+                    input.sizes());
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == input.size(0),
+                    "momkernels: target must be (N,) = (", input.size(0), ",); got shape ",
+                    target.sizes());
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong || target.scalar_type() == at::kInt,
+                   "momkernels: target must be int64 or int32; got ", target.scalar_type());
+  TORCH_CHECK_VALUE(target.device() == input.device(), "momkernels: target is on ",
+                    target.device(), " but input is on ", input.device());
+  if (weight.has_value()) {
+    const auto& w = *weight;
+    TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == input.size(1),
+                      "momkernels: weight must have shape (C,) = (", input.size(1), ",); got ",
+                      w.sizes());
+    TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()),
+                     "momkernels: weight must be floating point; got ", w.scalar_type());
+    TORCH_CHECK_VALUE(w.device() == input.device(), "momkernels: weight is on ", w.device(),
+                      " but input is on ", input.device());
+  }
+}
+
+// Outputs of the forward: the loss ((N,) for reduction 'none', else 0-dim) in
+// the logits' dtype; per-row (max, log normaliser) and the two reduction
+// coefficients (a, b) in the math dtype, both saved for the backward.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> make_forward_outputs(
+    const at::Tensor& input, Reduction red) {
+  const int64_t N = input.size(0);
+  const auto acc = input.options().dtype(math_dtype(input.scalar_type()));
+  at::Tensor loss = red == Reduction::NONE ? at::empty({N}, input.options())
+                                           : at::empty({}, input.options());
+  return {loss, at::empty({N, 2}, acc), at::empty({2}, acc)};
+}
+
+}  // namespace momkernels

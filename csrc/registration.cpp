@@ -1,0 +1,48 @@
+// Operator schemas of momkernels (one definition for every device; the CPU and
+// CUDA files register implementations) and the empty Python module whose import
+// runs these registrations, as in pytorch/extension-cpp.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "cpu/kernel.h"
+
+extern "C" {
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace momkernels {
+
+static std::string build_info() {
+  std::string s = "cpu_isa=";
+  s += cpu::isa_name();
+#ifdef MOMK_WITH_CUDA
+  s += ";cuda=1";
+#else
+  s += ";cuda=0";
+#endif
+  return s;
+}
+
+TORCH_LIBRARY(momkernels, m) {
+  // Forward: (loss, stats, coef).  loss is (N,) for reduction 'none', else
+  // 0-dim, in input's dtype; stats (N, 2) = per-row (max, log normaliser) and
+  // coef (2,) = reduction coefficients (a, b), in the math dtype, for backward.
+  m.def(
+      "mom_loss_fwd(Tensor input, Tensor target, Tensor? weight, float lam, int o_index, "
+      "int ignore_index, str loss, float gamma, float dice_alpha, float dice_smooth, "
+      "float label_smoothing, str reduction, str mom_norm) -> (Tensor, Tensor, Tensor)");
+  // Backward: d loss / d input, (N, C) contiguous, input's dtype.  grad is the
+  // upstream gradient of loss (0-dim, or (N,) for reduction 'none').
+  m.def(
+      "mom_loss_bwd(Tensor grad, Tensor input, Tensor target, Tensor? weight, Tensor stats, "
+      "Tensor coef, int o_index, int ignore_index, str loss, float gamma, float dice_alpha, "
+      "float dice_smooth, float label_smoothing) -> Tensor");
+  m.def("build_info() -> str", &build_info);
+}
+
+}  // namespace momkernels

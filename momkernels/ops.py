@@ -1,0 +1,109 @@
+"""The compiled operators ``torch.ops.momkernels.*`` (backend ``"cpp"``).
+
+Importing ``momkernels._C`` runs the C++ ``TORCH_LIBRARY`` registrations
+(schemas in csrc/registration.cpp, CPU kernels in csrc/cpu/, CUDA kernels in
+csrc/cuda/).  This module adds what the dispatcher needs from Python:
+
+* ``register_fake`` -- shape-only kernels, so ``torch.compile`` and
+  ``torch.library.opcheck`` can trace the ops without running them;
+* ``register_autograd`` -- the backward of ``mom_loss_fwd`` calls the second
+  operator, ``mom_loss_bwd``, so autograd never runs a Python-side kernel.
+
+If the extension cannot be loaded (not built, or built against another torch),
+``load_error()`` says why and how to rebuild; the ``"cpp"`` backend is then
+reported unavailable instead of failing with an undefined-symbol traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+REBUILD_HINT = (
+    "rebuild it against the installed torch with\n"
+    "    pip install --no-build-isolation --force-reinstall --no-deps .\n"
+    "from a momkernels checkout (add FORCE_CUDA=1 CUDA_HOME=/usr/local/cuda for the CUDA kernels)"
+)
+
+_load_error: Optional[str] = None
+try:
+    from . import _C  # noqa: F401  -- importing runs the operator registrations
+except (ImportError, OSError) as e:  # OSError: undefined symbols, wrong ABI
+    _load_error = f"momkernels' C++ extension (momkernels._C) could not be loaded: {e}"
+
+
+def load_error() -> Optional[str]:
+    """Why the extension is unusable (with how to rebuild), or None when it loaded."""
+    return None if _load_error is None else f"{_load_error}\nTo fix it, {REBUILD_HINT}"
+
+
+def is_available() -> bool:
+    return _load_error is None
+
+
+def build_info() -> dict[str, str]:
+    """Flags the extension was built with, e.g. {'cpu_isa': 'AVX512', 'cuda': '0'}."""
+    if _load_error is not None:
+        return {}
+    return dict(kv.split("=", 1) for kv in torch.ops.momkernels.build_info().split(";"))
+
+
+def has_cuda() -> bool:
+    return build_info().get("cuda") == "1"
+
+
+def _math_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+if _load_error is None:
+
+    @torch.library.register_fake("momkernels::mom_loss_fwd")
+    def _mom_loss_fwd_fake(input, target, weight, lam, o_index, ignore_index, loss, gamma,
+                           dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm):
+        torch._check(input.dim() == 2, lambda: "momkernels: input must be (N, C)")
+        torch._check(target.dim() == 1, lambda: "momkernels: target must be (N,)")
+        torch._check(target.shape[0] == input.shape[0], lambda: "momkernels: N mismatch")
+        n = input.shape[0]
+        acc = _math_dtype(input.dtype)
+        out = input.new_empty((n,) if reduction == "none" else ())
+        return out, input.new_empty((n, 2), dtype=acc), input.new_empty((2,), dtype=acc)
+
+    @torch.library.register_fake("momkernels::mom_loss_bwd")
+    def _mom_loss_bwd_fake(grad, input, target, weight, stats, coef, o_index, ignore_index, loss,
+                           gamma, dice_alpha, dice_smooth, label_smoothing):
+        return torch.empty(input.shape, dtype=input.dtype, device=input.device)
+
+    def _setup_context(ctx, inputs, output):
+        (input, target, weight, _lam, o_index, ignore_index, loss, gamma, dice_alpha, dice_smooth,
+         label_smoothing, _reduction, _mom_norm) = inputs
+        _, stats, coef = output
+        # The logits are saved as they are (no copy): the backward recomputes the
+        # softmax from them and the per-row (max, log-normaliser) stats.
+        ctx.save_for_backward(input, target, weight, stats, coef)
+        ctx.options = (o_index, ignore_index, loss, gamma, dice_alpha, dice_smooth,
+                       label_smoothing)
+        ctx.mark_non_differentiable(stats, coef)
+
+    def _backward(ctx, grad_loss, _grad_stats, _grad_coef):
+        input, target, weight, stats, coef = ctx.saved_tensors
+        grad_input = None
+        if ctx.needs_input_grad[0]:
+            grad_input = torch.ops.momkernels.mom_loss_bwd(
+                grad_loss, input, target, weight, stats, coef, *ctx.options)
+        return (grad_input,) + (None,) * 12
+
+    torch.library.register_autograd(
+        "momkernels::mom_loss_fwd", _backward, setup_context=_setup_context)
+
+
+def mom_loss(input: Tensor, target: Tensor, weight: Optional[Tensor], lam: float, o_index: int,
+             ignore_index: int, loss: str, gamma: float, dice_alpha: float, dice_smooth: float,
+             label_smoothing: float, reduction: str, mom_norm: str) -> Tensor:
+    """The loss of (N, C) logits via the compiled operator (validated arguments)."""
+    out, _, _ = torch.ops.momkernels.mom_loss_fwd(
+        input, target, weight, float(lam), int(o_index), int(ignore_index), loss, float(gamma),
+        float(dice_alpha), float(dice_smooth), float(label_smoothing), reduction, mom_norm)
+    return out

@@ -1,0 +1,193 @@
+"""The PyTorch reference of SPEC.md: readable, differentiable, compile-friendly.
+
+It is the oracle of every test and the ``"torch"`` backend.  It follows SPEC.md
+line by line and does no argument checking of its own (``functional.py`` does
+that once for every backend).
+
+Per-row loss l_i for a valid row (ignored rows: 0), p = softmax(x_i):
+
+    ce     (1 - eps) * w_y * (-log p_y) + (eps / C) * sum_c w_c * (-log p_c)
+    focal  w_y * (-(1 - p_y)^gamma * log p_y)
+    dice   w_y * (1 - (2a + delta) / (a + 1 + delta)),  a = (1 - p_y)^alpha * p_y
+
+Reduction, with V the valid rows, O those whose target is ``o_index`` and
+D = sum_{i in V} w_{y_i}:
+
+    mean   lam * sum_V l / D + (1 - lam) * sum_O l / D_MoM   (D_MoM = D or N rows)
+    sum    lam * sum_V l + (1 - lam) * sum_O l
+    none   (lam + (1 - lam) * [y_i == o_index]) * l_i
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["mom_cross_entropy", "cross_entropy", "per_row_loss", "as_rows"]
+
+
+def as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """View logits of any SPEC shape as (rows, C) and targets as (rows,).
+
+    ``(C,)`` with a 0-dim target is one row; ``(N, C, d1, ...)`` moves the class
+    dimension last (a copy only when that layout is not already a view).
+    """
+    if input.dim() == 1:
+        return input.unsqueeze(0), target.reshape(1)
+    if input.dim() > 2:
+        input = input.movedim(1, -1)
+    C = input.shape[-1]
+    return input.reshape(-1, C), target.reshape(-1)
+
+
+def _math_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def per_row_loss(
+    x: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = -100,
+    weight: Optional[Tensor] = None,
+    loss: str = "ce",
+    gamma: float = 2.0,
+    dice_alpha: float = 1.0,
+    dice_smooth: float = 0.01,
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row loss l_i of (rows, C) logits already in the math dtype.
+
+    Returns (l, w_y, valid): l is 0 on ignored rows, w_y is the class weight of
+    each row's target (0 on ignored rows), valid the boolean mask of valid rows.
+    """
+    C = x.shape[-1]
+    valid = target != ignore_index
+    safe_t = torch.where(valid, target, torch.zeros_like(target)).long()
+    logp = torch.log_softmax(x, dim=-1)
+    lp_y = logp.gather(1, safe_t.unsqueeze(1)).squeeze(1)
+    if weight is not None:
+        w = weight.to(x.dtype)
+        w_y = w[safe_t]
+    else:
+        w = None
+        w_y = torch.ones_like(lp_y)
+
+    if loss == "ce":
+        ell = w_y * -lp_y
+        if label_smoothing > 0:
+            smooth = -(logp * w).sum(-1) if w is not None else -logp.sum(-1)
+            ell = (1.0 - label_smoothing) * ell + (label_smoothing / C) * smooth
+    else:
+        p = lp_y.exp()
+        q = -torch.expm1(lp_y)  # 1 - p without cancellation for confident rows
+        if loss == "focal":
+            ell = w_y * (-(q**gamma) * lp_y)
+        elif loss == "dice":
+            a = q**dice_alpha * p
+            ell = w_y * (1.0 - (2.0 * a + dice_smooth) / (a + 1.0 + dice_smooth))
+        else:
+            raise ValueError(f"loss must be 'ce', 'focal' or 'dice'; got {loss!r}")
+
+    zero = torch.zeros_like(ell)
+    return torch.where(valid, ell, zero), torch.where(valid, w_y, zero), valid
+
+
+def mom_cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    lam: float = 0.5,
+    *,
+    o_index: int = 0,
+    ignore_index: int = -100,
+    weight: Optional[Tensor] = None,
+    loss: str = "ce",
+    gamma: float = 2.0,
+    dice_alpha: float = 1.0,
+    dice_smooth: float = 0.01,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    mom_norm: str = "valid",
+    compute_dtype: Optional[torch.dtype] = None,
+) -> Tensor:
+    """SPEC.md's MoM loss, written for clarity.
+
+    ``compute_dtype`` overrides the math dtype (float32, or float64 for float64
+    input); tests pass ``torch.float64`` to get an oracle more precise than any
+    kernel.  The result has ``input``'s dtype, or ``compute_dtype`` when given.
+    """
+    out_dtype = compute_dtype or input.dtype
+    math_dtype = compute_dtype or _math_dtype(input.dtype)
+    target_shape = target.shape
+    x, t = as_rows(input, target)
+    ell, w_y, valid = per_row_loss(
+        x.to(math_dtype),
+        t,
+        ignore_index=ignore_index,
+        weight=weight,
+        loss=loss,
+        gamma=gamma,
+        dice_alpha=dice_alpha,
+        dice_smooth=dice_smooth,
+        label_smoothing=label_smoothing,
+    )
+    is_o = valid & (t == o_index)
+
+    if reduction == "none":
+        coef = lam + (1.0 - lam) * is_o.to(math_dtype)
+        return (coef * ell).reshape(target_shape).to(out_dtype)
+
+    # A term whose coefficient is exactly zero is left out rather than
+    # multiplied by 0, so lam = 1 is exactly plain cross-entropy even for an
+    # inf loss, and so is lam = 0 the pure MoM term.
+    s_valid = ell.sum()
+    s_o = torch.where(is_o, ell, torch.zeros_like(ell)).sum()
+    if reduction == "sum":
+        terms = []
+        if lam != 0:
+            terms.append(lam * s_valid)
+        if lam != 1:
+            terms.append((1.0 - lam) * s_o)
+    elif reduction == "mean":
+        denom = w_y.sum()
+        if mom_norm == "valid":
+            d_mom = denom
+        elif mom_norm == "rows":
+            d_mom = torch.full_like(denom, float(t.numel()))
+        else:
+            raise ValueError(f"mom_norm must be 'valid' or 'rows'; got {mom_norm!r}")
+        terms = []
+        if lam != 0:
+            terms.append(lam * s_valid / denom)
+        if lam != 1:
+            terms.append((1.0 - lam) * s_o / d_mom)
+    else:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
+    out = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+    return out.to(out_dtype)
+
+
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    compute_dtype: Optional[torch.dtype] = None,
+) -> Tensor:
+    """Plain softmax cross-entropy: the MoM loss with lam = 1 (no O class)."""
+    return mom_cross_entropy(
+        input,
+        target,
+        1.0,
+        o_index=-1,
+        ignore_index=ignore_index,
+        weight=weight,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        compute_dtype=compute_dtype,
+    )

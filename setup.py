@@ -1,0 +1,102 @@
+"""Build of momkernels' compiled extension ``momkernels._C``.
+
+* CPU kernels always (one build per x86 instruction set, picked at run time).
+* CUDA kernels when a CUDA toolkit is found and either a GPU is visible or
+  ``FORCE_CUDA=1`` (build on a GPU-less machine, as CI does); ``FORCE_CUDA=0``
+  forces a CPU-only build.  ``TORCH_CUDA_ARCH_LIST`` picks the GPU targets
+  (default below: Ampere, Ada, Hopper and Blackwell).
+
+The extension must be compiled against the torch it will run with, so install
+with ``pip install --no-build-isolation .`` (see README): an isolated build env
+would compile against a different torch wheel and fail to load.
+"""
+
+import glob
+import os
+import platform
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError as e:  # pragma: no cover - build-time message
+    raise SystemExit(
+        "momkernels compiles against your installed PyTorch: install torch first, then run\n"
+        "    pip install --no-build-isolation .\n"
+        f"({e})"
+    )
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+IS_X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+# The CPU kernels are compiled once per instruction set, each file with its own
+# flags (as ATen does), and the best one for the running CPU is picked at run
+# time; the rest of the extension is built for the baseline ISA.
+ISA_FLAGS = {
+    "csrc/cpu/kernel_avx2.cpp": ["-mavx2", "-mfma", "-mf16c"],
+    "csrc/cpu/kernel_avx512.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+                                   "-mavx2", "-mfma", "-mf16c"],
+}
+DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+
+
+def want_cuda() -> bool:
+    force = os.environ.get("FORCE_CUDA")
+    if force == "0":
+        return False
+    if CUDA_HOME is None or torch.version.cuda is None:
+        if force == "1":
+            raise SystemExit(
+                "FORCE_CUDA=1 but no CUDA build of torch or CUDA toolkit was found "
+                f"(torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME}); "
+                "set CUDA_HOME=/usr/local/cuda and use a CUDA build of torch."
+            )
+        return False
+    return force == "1" or torch.cuda.is_available()
+
+
+def extension():
+    cpu_sources = [
+        "csrc/registration.cpp",
+        "csrc/cpu/ops_cpu.cpp",
+        "csrc/cpu/kernel_default.cpp",
+    ]
+    cxx = ["-O3", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
+    include_dirs = [os.path.join(HERE, "csrc")]
+    if want_cuda():
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+        cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+        nvcc = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr", "-DMOMK_WITH_CUDA"]
+        return CUDAExtension(
+            "momkernels._C",
+            cpu_sources + cuda_sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx + ["-DMOMK_WITH_CUDA"], "nvcc": nvcc},
+        )
+    return CppExtension(
+        "momkernels._C", cpu_sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}
+    )
+
+
+class BuildExt(BuildExtension):
+    """torch's BuildExtension, plus the per-ISA kernel files compiled with their flags."""
+
+    def build_extension(self, ext):
+        if IS_X86:
+            objects = []
+            for src, flags in ISA_FLAGS.items():
+                args = dict(ext.extra_compile_args)
+                args["cxx"] = list(args["cxx"]) + flags
+                objects += self.compiler.compile(
+                    [src], output_dir=self.build_temp, include_dirs=ext.include_dirs,
+                    extra_postargs=args, depends=ext.depends)
+            ext.extra_objects = list(ext.extra_objects or []) + objects
+        super().build_extension(ext)
+
+
+setup(
+    packages=find_packages(include=["momkernels", "momkernels.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
+)
