@@ -62,20 +62,25 @@ def extension():
         "csrc/cpu/ops_cpu.cpp",
         "csrc/cpu/kernel_default.cpp",
     ]
-    cxx = ["-O3", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
+    # -fopenmp: at::parallel_for is an inline template over OpenMP; without the
+    # flag its pragmas are ignored and the kernels silently run on one thread.
+    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas"]
+    link = ["-fopenmp"]
     include_dirs = [os.path.join(HERE, "csrc")]
     if want_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
-        nvcc = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr", "-DMOMK_WITH_CUDA"]
+        nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-DMOMK_WITH_CUDA"]
         return CUDAExtension(
             "momkernels._C",
             cpu_sources + cuda_sources,
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx + ["-DMOMK_WITH_CUDA"], "nvcc": nvcc},
+            extra_link_args=link,
         )
     return CppExtension(
-        "momkernels._C", cpu_sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}
+        "momkernels._C", cpu_sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+        extra_link_args=link,
     )
 
 

@@ -17,18 +17,19 @@
 
 namespace momkernels::cpu {
 
-// C at or below this goes to the tile path (many rows per block, one flat
-// vectorised exp over the whole tile); above it, each row is streamed in chunks
+// C at or below this goes to the tile path (rows in vector lanes, classes
+// transposed into a stack buffer); above it, each row is streamed in chunks
 // with an online softmax.
 constexpr int64_t kTileMaxC = 64;
-// Elements of one tile / of one row chunk held in a stack buffer.
-constexpr int64_t kTileElems = 2048;
+// Rows per block on the tile path: a multiple of every vector width.
+constexpr int64_t kTileRows = 256;
+// Elements of one row chunk held in a stack buffer on the row path.
 constexpr int64_t kChunkElems = 2048;
 // Rows per block on the row path: about 32K elements of work per block.
 constexpr int64_t kRowBlockElems = 32768;
 
 inline int64_t block_rows_for(int64_t C) {
-  if (C <= kTileMaxC) return kTileElems / (C > 0 ? C : 1);
+  if (C <= kTileMaxC) return kTileRows;
   const int64_t r = kRowBlockElems / C;
   return r > 0 ? r : 1;
 }

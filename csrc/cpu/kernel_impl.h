@@ -269,71 +269,81 @@ void forward_rows(const FwdArgs& a, int64_t blk) {
   a.bad_row[blk] = bs.bad;
 }
 
+// Tile path: rows in vector lanes.  A group of V = Vec::size() rows is
+// transposed into cols[j * V + l] = x[row l][class j], so every pass over the C
+// classes is one vector op for V rows: no horizontal reductions and no
+// per-row transcendental calls for ce (log1p, exp and expm1 run on vectors).
+template <typename scalar_t, typename acc_t>
+inline void load_cols(const Common& c, int64_t i0, int64_t nr, acc_t* cols) {
+  constexpr int64_t V = Vectorized<acc_t>::size();
+  const int64_t C = c.C;
+  const scalar_t* x = static_cast<const scalar_t*>(c.x);
+  for (int64_t l = 0; l < nr; ++l) {
+    const scalar_t* row = x + (i0 + l) * c.sN;
+    if (c.sC == 1) {
+      for (int64_t j = 0; j < C; ++j) cols[j * V + l] = static_cast<acc_t>(row[j]);
+    } else {
+      for (int64_t j = 0; j < C; ++j) cols[j * V + l] = static_cast<acc_t>(row[j * c.sC]);
+    }
+  }
+  for (int64_t l = nr; l < V; ++l) {
+    for (int64_t j = 0; j < C; ++j) cols[j * V + l] = acc_t(0);
+  }
+}
+
 template <typename scalar_t>
 void forward_tile(const FwdArgs& a, int64_t blk) {
   using acc_t = acc_t_of<scalar_t>;
   using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
   const Common& c = a.c;
   const int64_t C = c.C;
-  const scalar_t* x = static_cast<const scalar_t*>(c.x);
   acc_t* stats = static_cast<acc_t*>(a.stats_out);
   const acc_t* w = static_cast<const acc_t*>(c.w);
-  alignas(64) acc_t xbuf[kTileElems];
-  alignas(64) acc_t e[kTileElems];
-  alignas(64) acc_t rowmax[kTileElems];
+  const bool smooth = c.opt.label_smoothing > 0;
+  alignas(64) acc_t cols[kTileMaxC * V];
+  alignas(64) acc_t m_l[V], logs_l[V], wdev_l[V];
   BlockSums bs;
   const int64_t r0 = blk * c.block_rows, r1 = std::min(c.N, r0 + c.block_rows);
-  const int64_t R = r1 - r0;
-  // 1. the tile as acc_t, rows contiguous
-  const acc_t* xt;
-  if (c.sC == 1 && c.sN == C) {
-    xt = load_span(x + r0 * C, 1, R * C, xbuf);
-  } else {
-    for (int64_t r = 0; r < R; ++r) {
-      const acc_t* v = load_span(x + (r0 + r) * c.sN, c.sC, C, xbuf + r * C);
-      if (v != xbuf + r * C) std::copy(v, v + C, xbuf + r * C);
-    }
-    xt = xbuf;
-  }
-  // 2. row max, then x - max for the whole tile, then one flat exp
-  for (int64_t r = 0; r < R; ++r) {
-    const acc_t* v = xt + r * C;
-    acc_t m = v[0];
-    for (int64_t j = 1; j < C; ++j) m = (v[j] > m || v[j] != v[j]) ? v[j] : m;
-    rowmax[r] = m;
-    for (int64_t j = 0; j < C; ++j) e[r * C + j] = v[j] - m;
-  }
-  at::vec::map([](Vec v) { return v.exp(); }, e, e, R * C);
-  // 3. per row: normaliser, loss
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t i = r0 + r;
-    const int64_t y = load_target(c, i);
-    bool bad;
-    const bool valid = check_target(c, i, y, bs, bad);
-    if (!valid) {
-      stats[2 * i] = stats[2 * i + 1] = acc_t(0);
-      finish_row<acc_t, scalar_t>(a, i, y, false, acc_t(0), acc_t(0), bs);
-      if (bad && a.none_out)
-        static_cast<scalar_t*>(a.none_out)[i] = std::numeric_limits<scalar_t>::quiet_NaN();
-      continue;
-    }
-    const acc_t* er = e + r * C;
-    acc_t ties = 0, rest = 0;
+  for (int64_t i0 = r0; i0 < r1; i0 += V) {
+    const int64_t nr = std::min<int64_t>(V, r1 - i0);
+    load_cols<scalar_t, acc_t>(c, i0, nr, cols);
+    Vec m = Vec::loadu(cols);
+    for (int64_t j = 1; j < C; ++j) m = at::vec::maximum(m, Vec::loadu(cols + j * V));
+    const Vec one(1), zero(0);
+    Vec ties(0), rest(0), wdev(0);
     for (int64_t j = 0; j < C; ++j) {
-      if (er[j] == acc_t(1)) ties += acc_t(1); else rest += er[j];
+      const Vec e = (Vec::loadu(cols + j * V) - m).exp();
+      const Vec tie = (e == one);
+      rest += Vec::blendv(e, zero, tie);
+      ties += (tie & one);
     }
-    const acc_t m = rowmax[r];
-    const acc_t logs = log_normaliser(ties, rest);
-    stats[2 * i] = m;
-    stats[2 * i + 1] = logs;
-    acc_t wdev = 0;
-    if (c.opt.label_smoothing > 0) {
-      const acc_t* v = xt + r * C;
-      for (int64_t j = 0; j < C; ++j) wdev += (w ? w[j] : acc_t(1)) * (m - v[j]);
+    // log(ties + rest) = log1p((ties - 1) + rest): exact log1p(rest) for one max
+    const Vec logs = ((ties - one) + rest).log1p();
+    if (smooth) {
+      for (int64_t j = 0; j < C; ++j)
+        wdev += (m - Vec::loadu(cols + j * V)) * Vec(w ? w[j] : acc_t(1));
     }
-    const acc_t w_y = class_weight<acc_t>(c, y);
-    finish_row<acc_t, scalar_t>(a, i, y, true, row_value(c, xt[r * C + y], m, logs, wdev, w_y),
-                                w_y, bs);
+    m.store(m_l);
+    logs.store(logs_l);
+    wdev.store(wdev_l);
+    for (int64_t l = 0; l < nr; ++l) {
+      const int64_t i = i0 + l;
+      const int64_t y = load_target(c, i);
+      bool bad;
+      if (!check_target(c, i, y, bs, bad)) {
+        stats[2 * i] = stats[2 * i + 1] = acc_t(0);
+        finish_row<acc_t, scalar_t>(a, i, y, false, acc_t(0), acc_t(0), bs);
+        if (bad && a.none_out)
+          static_cast<scalar_t*>(a.none_out)[i] = std::numeric_limits<scalar_t>::quiet_NaN();
+        continue;
+      }
+      stats[2 * i] = m_l[l];
+      stats[2 * i + 1] = logs_l[l];
+      const acc_t w_y = class_weight<acc_t>(c, y);
+      const acc_t ell = row_value(c, cols[y * V + l], m_l[l], logs_l[l], wdev_l[l], w_y);
+      finish_row<acc_t, scalar_t>(a, i, y, true, ell, w_y, bs);
+    }
   }
   a.partials[3 * blk] = bs.s_valid;
   a.partials[3 * blk + 1] = bs.s_o;
@@ -424,54 +434,60 @@ template <typename scalar_t>
 void backward_tile(const BwdArgs& a, int64_t blk) {
   using acc_t = acc_t_of<scalar_t>;
   using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
   const Common& c = a.c;
   const int64_t C = c.C;
-  const scalar_t* x = static_cast<const scalar_t*>(c.x);
   scalar_t* gout = static_cast<scalar_t*>(a.grad_in);
   const acc_t* stats = static_cast<const acc_t*>(c.stats);
   const acc_t* w = static_cast<const acc_t*>(c.w);
-  alignas(64) acc_t xbuf[kTileElems];
-  alignas(64) acc_t p[kTileElems];
+  const bool smooth = c.opt.label_smoothing > 0;
+  alignas(64) acc_t cols[kTileMaxC * V];
+  alignas(64) acc_t m_l[V], logs_l[V], lp_l[V], A_l[V], P_l[V], S_l[V], wy_l[V], y_l[V], live_l[V];
   const int64_t r0 = blk * c.block_rows, r1 = std::min(c.N, r0 + c.block_rows);
-  const int64_t R = r1 - r0;
-  const acc_t* xt;
-  if (c.sC == 1 && c.sN == C) {
-    xt = load_span(x + r0 * C, 1, R * C, xbuf);
-  } else {
-    for (int64_t r = 0; r < R; ++r) {
-      const acc_t* v = load_span(x + (r0 + r) * c.sN, c.sC, C, xbuf + r * C);
-      if (v != xbuf + r * C) std::copy(v, v + C, xbuf + r * C);
+  for (int64_t i0 = r0; i0 < r1; i0 += V) {
+    const int64_t nr = std::min<int64_t>(V, r1 - i0);
+    load_cols<scalar_t, acc_t>(c, i0, nr, cols);
+    for (int64_t l = 0; l < V; ++l) {
+      int64_t y = -1;
+      const acc_t scale = l < nr ? row_scale<acc_t>(a, i0 + l, y) : acc_t(0);
+      if (scale == acc_t(0)) {  // ignored, padding, or zero coefficient: exact zeros
+        m_l[l] = logs_l[l] = lp_l[l] = A_l[l] = P_l[l] = S_l[l] = wy_l[l] = acc_t(0);
+        y_l[l] = acc_t(-1);
+        live_l[l] = acc_t(0);
+        continue;
+      }
+      const int64_t i = i0 + l;
+      m_l[l] = stats[2 * i];
+      logs_l[l] = stats[2 * i + 1];
+      lp_l[l] = (cols[y * V + l] - m_l[l]) - logs_l[l];
+      wy_l[l] = class_weight<acc_t>(c, y);
+      const RowGrad<acc_t> g = row_grad<acc_t>(c, scale, lp_l[l], wy_l[l]);
+      A_l[l] = g.A;
+      P_l[l] = g.A + g.Bs;
+      S_l[l] = g.S;
+      y_l[l] = acc_t(y);
+      live_l[l] = acc_t(1);
     }
-    xt = xbuf;
-  }
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t i = r0 + r;
-    const acc_t m = stats[2 * i], logs = stats[2 * i + 1];
-    for (int64_t j = 0; j < C; ++j) p[r * C + j] = (xt[r * C + j] - m) - logs;
-  }
-  at::vec::map([](Vec v) { return v.exp(); }, p, p, R * C);
-  // p becomes the gradient in place, row by row
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t i = r0 + r;
-    int64_t y;
-    const acc_t scale = row_scale<acc_t>(a, i, y);
-    acc_t* pr = p + r * C;
-    if (scale == acc_t(0)) {
-      std::fill(pr, pr + C, acc_t(0));
-      continue;
+    const Vec zero(0), one(1);
+    const Vec m = Vec::loadu(m_l), logs = Vec::loadu(logs_l), lp = Vec::loadu(lp_l);
+    const Vec A = Vec::loadu(A_l), P = Vec::loadu(P_l), S = Vec::loadu(S_l);
+    const Vec yv = Vec::loadu(y_l), live = (Vec::loadu(live_l) == one);
+    // true class: A (p_y - 1) + Bs p_y - S w_y, with p_y - 1 = expm1(lp) (exact as p_y -> 1)
+    Vec gy = A * lp.expm1();
+    if (smooth) gy = gy + (P - A) * lp.exp() - S * Vec::loadu(wy_l);
+    for (int64_t j = 0; j < C; ++j) {
+      const Vec p = ((Vec::loadu(cols + j * V) - m) - logs).exp();
+      Vec g = P * p;
+      if (smooth) g = g - S * Vec(w ? w[j] : acc_t(1));
+      g = Vec::blendv(g, gy, yv == Vec(acc_t(j)));
+      g = Vec::blendv(zero, g, live);
+      g.store(cols + j * V);
     }
-    const acc_t lp = (xt[r * C + y] - stats[2 * i]) - stats[2 * i + 1];
-    const acc_t w_y = class_weight<acc_t>(c, y);
-    const RowGrad<acc_t> g = row_grad<acc_t>(c, scale, lp, w_y);
-    const acc_t P = g.A + g.Bs;
-    if (g.S == acc_t(0)) {
-      for (int64_t j = 0; j < C; ++j) pr[j] *= P;
-    } else {
-      for (int64_t j = 0; j < C; ++j) pr[j] = P * pr[j] - g.S * (w ? w[j] : acc_t(1));
+    for (int64_t l = 0; l < nr; ++l) {
+      scalar_t* grow = gout + (i0 + l) * C;
+      for (int64_t j = 0; j < C; ++j) grow[j] = static_cast<scalar_t>(cols[j * V + l]);
     }
-    pr[y] = g.A * std::expm1(lp) + g.Bs * std::exp(lp) - g.S * w_y;
   }
-  store_span(p, gout + r0 * C, R * C);
 }
 
 // ---------------------------------------------------------------- dispatch
