@@ -11,7 +11,8 @@
 // Every per-token loss here except label smoothing is a function f(p_y) of the
 // true-class probability only, so its gradient with respect to the logits is
 //   d l / d x_j = w_y * f'(p) * p * (delta_jy - p_j) = w_y * h * (p_j - delta_jy)
-// with h = -p * f'(p) >= 0.  The kernels therefore need just two numbers per
+// with h = -p * f'(p) (>= 0 for ce and focal; self-adjusting dice is not
+// monotone in p, so its h changes sign).  The kernels therefore need just two numbers per
 // row, the value and h; `row_loss` returns both.  The true-class gradient
 // p_y - 1 = expm1(x_y - m - logs) is formed with expm1 in the kernels, which
 // keeps it accurate for the confident majority-class (`O`) tokens of NER,
