@@ -442,7 +442,7 @@ void backward_tile(const BwdArgs& a, int64_t blk) {
   const acc_t* w = static_cast<const acc_t*>(c.w);
   const bool smooth = c.opt.label_smoothing > 0;
   alignas(64) acc_t cols[kTileMaxC * V];
-  alignas(64) acc_t m_l[V], logs_l[V], lp_l[V], A_l[V], P_l[V], S_l[V], wy_l[V], y_l[V], live_l[V];
+  alignas(64) acc_t m_l[V], logs_l[V], lp_l[V], A_l[V], B_l[V], S_l[V], wy_l[V], y_l[V], live_l[V];
   const int64_t r0 = blk * c.block_rows, r1 = std::min(c.N, r0 + c.block_rows);
   for (int64_t i0 = r0; i0 < r1; i0 += V) {
     const int64_t nr = std::min<int64_t>(V, r1 - i0);
@@ -451,7 +451,7 @@ void backward_tile(const BwdArgs& a, int64_t blk) {
       int64_t y = -1;
       const acc_t scale = l < nr ? row_scale<acc_t>(a, i0 + l, y) : acc_t(0);
       if (scale == acc_t(0)) {  // ignored, padding, or zero coefficient: exact zeros
-        m_l[l] = logs_l[l] = lp_l[l] = A_l[l] = P_l[l] = S_l[l] = wy_l[l] = acc_t(0);
+        m_l[l] = logs_l[l] = lp_l[l] = A_l[l] = B_l[l] = S_l[l] = wy_l[l] = acc_t(0);
         y_l[l] = acc_t(-1);
         live_l[l] = acc_t(0);
         continue;
@@ -463,18 +463,19 @@ void backward_tile(const BwdArgs& a, int64_t blk) {
       wy_l[l] = class_weight<acc_t>(c, y);
       const RowGrad<acc_t> g = row_grad<acc_t>(c, scale, lp_l[l], wy_l[l]);
       A_l[l] = g.A;
-      P_l[l] = g.A + g.Bs;
+      B_l[l] = g.Bs;
       S_l[l] = g.S;
       y_l[l] = acc_t(y);
       live_l[l] = acc_t(1);
     }
     const Vec zero(0), one(1);
     const Vec m = Vec::loadu(m_l), logs = Vec::loadu(logs_l), lp = Vec::loadu(lp_l);
-    const Vec A = Vec::loadu(A_l), P = Vec::loadu(P_l), S = Vec::loadu(S_l);
+    const Vec A = Vec::loadu(A_l), Bs = Vec::loadu(B_l), S = Vec::loadu(S_l);
+    const Vec P = A + Bs;
     const Vec yv = Vec::loadu(y_l), live = (Vec::loadu(live_l) == one);
     // true class: A (p_y - 1) + Bs p_y - S w_y, with p_y - 1 = expm1(lp) (exact as p_y -> 1)
     Vec gy = A * lp.expm1();
-    if (smooth) gy = gy + (P - A) * lp.exp() - S * Vec::loadu(wy_l);
+    if (smooth) gy = gy + Bs * lp.exp() - S * Vec::loadu(wy_l);
     for (int64_t j = 0; j < C; ++j) {
       const Vec p = ((Vec::loadu(cols + j * V) - m) - logs).exp();
       Vec g = P * p;
