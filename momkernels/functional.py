@@ -53,8 +53,20 @@ def _torch_loss(x, t, weight, lam, o_index, ignore_index, loss, gamma, dice_alph
 
 
 def _triton_unavailable_reason(device: torch.device) -> Optional[str]:
-    return ("backend='triton' is not part of this version of momkernels yet; "
-            "use backend='cpp' or 'torch'")
+    """None when the Triton kernels can run on ``device``: triton importable and
+    a CUDA tensor, or a CPU tensor under TRITON_INTERPRET=1 (momkernels/triton)."""
+    from . import triton as triton_backend  # imports triton itself: only when asked
+
+    return triton_backend.unavailable_reason(device)
+
+
+def _triton_loss(x, t, weight, lam, o_index, ignore_index, loss, gamma, dice_alpha, dice_smooth,
+                 label_smoothing, reduction, mom_norm):
+    # float64 logits are handed on to "cpp" (or "torch"): the kernels compute in float32
+    from . import triton as triton_backend
+
+    return triton_backend.mom_loss(x, t, weight, lam, o_index, ignore_index, loss, gamma,
+                                   dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm)
 
 
 def _cpp_unavailable_reason(device: torch.device) -> Optional[str]:
@@ -78,13 +90,17 @@ def _unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
     return _triton_unavailable_reason(device)
 
 
-_LOSS_FN: dict[str, Callable[..., Tensor]] = {"torch": _torch_loss, "cpp": ops.mom_loss}
+_LOSS_FN: dict[str, Callable[..., Tensor]] = {
+    "torch": _torch_loss, "cpp": ops.mom_loss, "triton": _triton_loss}
 
 
 def available_backends(device: Optional[torch.device | str] = None) -> list[str]:
     """Backends that can run on ``device`` (default: CPU, and CUDA when present).
 
-    ``"torch"`` (the reference) is always available.
+    ``"torch"`` (the reference) is always available.  ``"triton"`` needs the
+    ``triton`` package and a CUDA tensor, or a CPU tensor under
+    ``TRITON_INTERPRET=1``; its kernels compute in float32, so float64 logits
+    given to it are computed by ``"cpp"`` (``"torch"`` if not built) instead.
     """
     if device is None:
         devices = [torch.device("cpu")]
@@ -96,10 +112,22 @@ def available_backends(device: Optional[torch.device | str] = None) -> list[str]
             if any(_unavailable_reason(b, d) is None for d in devices)]
 
 
+# backend="auto": the first available backend of the device's list.
+#
+#   device  preference              why
+#   ------  ----------------------  ---------------------------------------------
+#   cpu     cpp, torch              measured (bench/, docs/bench/): the C++
+#                                   kernels beat the reference at every shape;
+#                                   Triton on CPU is only the (slow) interpreter
+#   cuda    cpp, triton, torch      cpp only when built with CUDA; NOT yet
+#                                   measured against triton on a GPU (no GPU run
+#                                   so far): revisit with bench/ numbers
+#   other   torch
+_AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("cpp", "triton")}
+
+
 def _auto_backend(device: torch.device) -> str:
-    # Measured (bench/, docs/bench/): on CPU the C++ kernels beat the PyTorch
-    # reference at every shape benchmarked, so "cpp" whenever it is built.
-    for b in ("cpp",):
+    for b in _AUTO_ORDER.get(device.type, ()):
         if _unavailable_reason(b, device) is None:
             return b
     return "torch"
