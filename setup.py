@@ -59,6 +59,7 @@ def want_cuda() -> bool:
 def extension():
     cpu_sources = [
         "csrc/registration.cpp",
+        "csrc/autograd.cpp",
         "csrc/cpu/ops_cpu.cpp",
         "csrc/cpu/kernel_default.cpp",
     ]

@@ -6,8 +6,9 @@ csrc/cuda/).  This module adds what the dispatcher needs from Python:
 
 * ``register_fake`` -- shape-only kernels, so ``torch.compile`` and
   ``torch.library.opcheck`` can trace the ops without running them;
-* ``register_autograd`` -- the backward of ``mom_loss_fwd`` calls the second
-  operator, ``mom_loss_bwd``, so autograd never runs a Python-side kernel.
+The autograd formula is registered in C++ (csrc/autograd.cpp): the backward
+of ``mom_loss_fwd`` is the second operator, ``mom_loss_bwd``, and no Python
+runs in a training step beyond the call itself.
 
 If the extension cannot be loaded (not built, or built against another torch),
 ``load_error()`` says why and how to rebuild; the ``"cpp"`` backend is then
@@ -75,28 +76,6 @@ if _load_error is None:
     def _mom_loss_bwd_fake(grad, input, target, weight, stats, coef, o_index, ignore_index, loss,
                            gamma, dice_alpha, dice_smooth, label_smoothing):
         return torch.empty(input.shape, dtype=input.dtype, device=input.device)
-
-    def _setup_context(ctx, inputs, output):
-        (input, target, weight, _lam, o_index, ignore_index, loss, gamma, dice_alpha, dice_smooth,
-         label_smoothing, _reduction, _mom_norm) = inputs
-        _, stats, coef = output
-        # The logits are saved as they are (no copy): the backward recomputes the
-        # softmax from them and the per-row (max, log-normaliser) stats.
-        ctx.save_for_backward(input, target, weight, stats, coef)
-        ctx.options = (o_index, ignore_index, loss, gamma, dice_alpha, dice_smooth,
-                       label_smoothing)
-        ctx.mark_non_differentiable(stats, coef)
-
-    def _backward(ctx, grad_loss, _grad_stats, _grad_coef):
-        input, target, weight, stats, coef = ctx.saved_tensors
-        grad_input = None
-        if ctx.needs_input_grad[0]:
-            grad_input = torch.ops.momkernels.mom_loss_bwd(
-                grad_loss, input, target, weight, stats, coef, *ctx.options)
-        return (grad_input,) + (None,) * 12
-
-    torch.library.register_autograd(
-        "momkernels::mom_loss_fwd", _backward, setup_context=_setup_context)
 
 
 def mom_loss(input: Tensor, target: Tensor, weight: Optional[Tensor], lam: float, o_index: int,
