@@ -291,6 +291,43 @@ inline void load_cols(const Common& c, int64_t i0, int64_t nr, acc_t* cols) {
   }
 }
 
+// Per-lane facts of a group of rows, gathered with integer logic and no
+// data-dependent branches; padding lanes (beyond the block) are invalid.
+template <typename acc_t, int64_t V>
+struct Lanes {
+  alignas(64) acc_t xy[V];     // logit of the target class (0 if invalid)
+  alignas(64) acc_t wy[V];     // class weight of the target (0 if invalid)
+  alignas(64) acc_t valid[V];  // 1 / 0
+  alignas(64) acc_t is_o[V];   // 1 / 0: valid and target == o_index
+  int64_t y[V];                // target, clamped to 0 when invalid
+  bool any_bad;                // an out-of-range target that is not ignore_index
+  int64_t first_bad;
+};
+
+template <typename acc_t, int64_t V>
+inline void classify_lanes(const Common& c, int64_t i0, int64_t nr, const acc_t* cols,
+                           Lanes<acc_t, V>& L) {
+  const acc_t* w = static_cast<const acc_t*>(c.w);
+  L.any_bad = false;
+  L.first_bad = -1;
+  for (int64_t l = 0; l < V; ++l) {
+    const int64_t y = l < nr ? load_target(c, i0 + l) : c.ignore_index;
+    const bool ignored = y == c.ignore_index;
+    const bool in_range = static_cast<uint64_t>(y) < static_cast<uint64_t>(c.C);
+    const bool valid = !ignored && in_range;
+    if (!ignored && !in_range && !L.any_bad) {
+      L.any_bad = true;
+      L.first_bad = i0 + l;
+    }
+    const int64_t yc = valid ? y : 0;
+    L.y[l] = yc;
+    L.xy[l] = valid ? cols[yc * V + l] : acc_t(0);
+    L.wy[l] = valid ? (w ? w[yc] : acc_t(1)) : acc_t(0);
+    L.valid[l] = valid ? acc_t(1) : acc_t(0);
+    L.is_o[l] = valid && y == c.o_index ? acc_t(1) : acc_t(0);
+  }
+}
+
 template <typename scalar_t>
 void forward_tile(const FwdArgs& a, int64_t blk) {
   using acc_t = acc_t_of<scalar_t>;
@@ -301,16 +338,22 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
   acc_t* stats = static_cast<acc_t*>(a.stats_out);
   const acc_t* w = static_cast<const acc_t*>(c.w);
   const bool smooth = c.opt.label_smoothing > 0;
+  const bool is_ce = c.opt.kind == LossKind::CE;
+  const acc_t eps = acc_t(c.opt.label_smoothing);
   alignas(64) acc_t cols[kTileMaxC * V];
-  alignas(64) acc_t m_l[V], logs_l[V], wdev_l[V];
-  BlockSums bs;
+  alignas(64) acc_t m_l[V], logs_l[V], ell_l[V], wdev_l[V];
+  Lanes<acc_t, V> L;
+  const Vec one(1), zero(0);
+  // block sums kept in vector lanes (each lane adds block_rows / V rows), then
+  // added in double at the end: fixed order, so deterministic
+  Vec acc_valid(0), acc_o(0), acc_den(0);
+  int64_t first_bad = -1;
   const int64_t r0 = blk * c.block_rows, r1 = std::min(c.N, r0 + c.block_rows);
   for (int64_t i0 = r0; i0 < r1; i0 += V) {
     const int64_t nr = std::min<int64_t>(V, r1 - i0);
     load_cols<scalar_t, acc_t>(c, i0, nr, cols);
     Vec m = Vec::loadu(cols);
     for (int64_t j = 1; j < C; ++j) m = at::vec::maximum(m, Vec::loadu(cols + j * V));
-    const Vec one(1), zero(0);
     Vec ties(0), rest(0), wdev(0);
     for (int64_t j = 0; j < C; ++j) {
       const Vec e = (Vec::loadu(cols + j * V) - m).exp();
@@ -324,31 +367,69 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
       for (int64_t j = 0; j < C; ++j)
         wdev += (m - Vec::loadu(cols + j * V)) * Vec(w ? w[j] : acc_t(1));
     }
+    classify_lanes<acc_t, V>(c, i0, nr, cols, L);
+    if (L.any_bad && first_bad < 0) first_bad = L.first_bad;
+    const Vec xy = Vec::loadu(L.xy), wy = Vec::loadu(L.wy);
+    const Vec valid = (Vec::loadu(L.valid) == one), is_o = (Vec::loadu(L.is_o) == one);
+    Vec ell;
+    if (is_ce) {
+      ell = wy * (logs - (xy - m));  // w_y * -log p_y
+      if (smooth) {
+        ell = Vec(acc_t(1) - eps) * ell +
+              Vec(eps / acc_t(C)) * (wdev + Vec(acc_t(c.W)) * logs);
+      }
+    } else {  // focal / dice: per-lane scalar (pow, expm1)
+      m.store(m_l);
+      logs.store(logs_l);
+      for (int64_t l = 0; l < V; ++l) {
+        ell_l[l] = L.valid[l] != acc_t(0)
+                       ? L.wy[l] * row_loss<acc_t>((L.xy[l] - m_l[l]) - logs_l[l], c.opt).value
+                       : acc_t(0);
+      }
+      ell = Vec::loadu(ell_l);
+    }
+    ell = Vec::blendv(zero, ell, valid);
+    acc_valid += ell;
+    acc_o += Vec::blendv(zero, ell, is_o);
+    acc_den += wy;
     m.store(m_l);
     logs.store(logs_l);
-    wdev.store(wdev_l);
+    ell.store(ell_l);
     for (int64_t l = 0; l < nr; ++l) {
       const int64_t i = i0 + l;
-      const int64_t y = load_target(c, i);
-      bool bad;
-      if (!check_target(c, i, y, bs, bad)) {
-        stats[2 * i] = stats[2 * i + 1] = acc_t(0);
-        finish_row<acc_t, scalar_t>(a, i, y, false, acc_t(0), acc_t(0), bs);
-        if (bad && a.none_out)
-          static_cast<scalar_t*>(a.none_out)[i] = std::numeric_limits<scalar_t>::quiet_NaN();
-        continue;
+      const bool v = L.valid[l] != acc_t(0);
+      stats[2 * i] = v ? m_l[l] : acc_t(0);
+      stats[2 * i + 1] = v ? logs_l[l] : acc_t(0);
+    }
+    if (a.none_out) {
+      scalar_t* out = static_cast<scalar_t*>(a.none_out);
+      for (int64_t l = 0; l < nr; ++l) {
+        const double coef = L.is_o[l] != acc_t(0) ? a.none_a + a.none_b : a.none_a;
+        out[i0 + l] = static_cast<scalar_t>(acc_t(coef) * ell_l[l]);
       }
-      stats[2 * i] = m_l[l];
-      stats[2 * i + 1] = logs_l[l];
-      const acc_t w_y = class_weight<acc_t>(c, y);
-      const acc_t ell = row_value(c, cols[y * V + l], m_l[l], logs_l[l], wdev_l[l], w_y);
-      finish_row<acc_t, scalar_t>(a, i, y, true, ell, w_y, bs);
+      if (L.any_bad) {  // rare: mark out-of-range rows NaN, as the GPU kernels do
+        for (int64_t l = 0; l < nr; ++l) {
+          const int64_t y = load_target(c, i0 + l);
+          if (y != c.ignore_index && (y < 0 || y >= C))
+            out[i0 + l] = std::numeric_limits<scalar_t>::quiet_NaN();
+        }
+      }
     }
   }
-  a.partials[3 * blk] = bs.s_valid;
-  a.partials[3 * blk + 1] = bs.s_o;
-  a.partials[3 * blk + 2] = bs.denom;
-  a.bad_row[blk] = bs.bad;
+  alignas(64) acc_t sv[V], so[V], sd[V];
+  acc_valid.store(sv);
+  acc_o.store(so);
+  acc_den.store(sd);
+  double s_valid = 0, s_o = 0, denom = 0;
+  for (int64_t l = 0; l < V; ++l) {
+    s_valid += double(sv[l]);
+    s_o += double(so[l]);
+    denom += double(sd[l]);
+  }
+  a.partials[3 * blk] = s_valid;
+  a.partials[3 * blk + 1] = s_o;
+  a.partials[3 * blk + 2] = denom;
+  a.bad_row[blk] = first_bad;
 }
 
 // ---------------------------------------------------------------- backward
@@ -440,42 +521,50 @@ void backward_tile(const BwdArgs& a, int64_t blk) {
   scalar_t* gout = static_cast<scalar_t*>(a.grad_in);
   const acc_t* stats = static_cast<const acc_t*>(c.stats);
   const acc_t* w = static_cast<const acc_t*>(c.w);
+  const acc_t* up = static_cast<const acc_t*>(a.grad);
   const bool smooth = c.opt.label_smoothing > 0;
+  const bool is_ce = c.opt.kind == LossKind::CE;
+  const acc_t eps = acc_t(c.opt.label_smoothing);
+  const acc_t coef_a = acc_t(a.a), coef_ab = acc_t(a.a) + acc_t(a.b);
   alignas(64) acc_t cols[kTileMaxC * V];
-  alignas(64) acc_t m_l[V], logs_l[V], lp_l[V], A_l[V], B_l[V], S_l[V], wy_l[V], y_l[V], live_l[V];
+  alignas(64) acc_t m_l[V], logs_l[V], scale_l[V], h_l[V];
+  Lanes<acc_t, V> L;
+  const Vec zero(0), one(1);
   const int64_t r0 = blk * c.block_rows, r1 = std::min(c.N, r0 + c.block_rows);
   for (int64_t i0 = r0; i0 < r1; i0 += V) {
     const int64_t nr = std::min<int64_t>(V, r1 - i0);
     load_cols<scalar_t, acc_t>(c, i0, nr, cols);
+    classify_lanes<acc_t, V>(c, i0, nr, cols, L);
     for (int64_t l = 0; l < V; ++l) {
-      int64_t y = -1;
-      const acc_t scale = l < nr ? row_scale<acc_t>(a, i0 + l, y) : acc_t(0);
-      if (scale == acc_t(0)) {  // ignored, padding, or zero coefficient: exact zeros
-        m_l[l] = logs_l[l] = lp_l[l] = A_l[l] = B_l[l] = S_l[l] = wy_l[l] = acc_t(0);
-        y_l[l] = acc_t(-1);
-        live_l[l] = acc_t(0);
-        continue;
-      }
-      const int64_t i = i0 + l;
-      m_l[l] = stats[2 * i];
-      logs_l[l] = stats[2 * i + 1];
-      lp_l[l] = (cols[y * V + l] - m_l[l]) - logs_l[l];
-      wy_l[l] = class_weight<acc_t>(c, y);
-      const RowGrad<acc_t> g = row_grad<acc_t>(c, scale, lp_l[l], wy_l[l]);
-      A_l[l] = g.A;
-      B_l[l] = g.Bs;
-      S_l[l] = g.S;
-      y_l[l] = acc_t(y);
-      live_l[l] = acc_t(1);
+      const bool v = L.valid[l] != acc_t(0);
+      const int64_t i = v ? i0 + l : 0;
+      m_l[l] = v ? stats[2 * i] : acc_t(0);
+      logs_l[l] = v ? stats[2 * i + 1] : acc_t(0);
+      const acc_t g = v ? (a.grad_per_row ? up[i] : up[0]) : acc_t(0);
+      // row coefficient a + b [y == o]: b is added, never multiplied by 0
+      scale_l[l] = g * (L.is_o[l] != acc_t(0) ? coef_ab : coef_a);
     }
-    const Vec zero(0), one(1);
-    const Vec m = Vec::loadu(m_l), logs = Vec::loadu(logs_l), lp = Vec::loadu(lp_l);
-    const Vec A = Vec::loadu(A_l), Bs = Vec::loadu(B_l), S = Vec::loadu(S_l);
+    const Vec m = Vec::loadu(m_l), logs = Vec::loadu(logs_l), scale = Vec::loadu(scale_l);
+    const Vec xy = Vec::loadu(L.xy), wy = Vec::loadu(L.wy);
+    const Vec live = Vec::blendv(zero, one, scale != zero) == one;  // else exact zeros
+    const Vec lp = (xy - m) - logs;  // log p_y
+    Vec h = one;
+    if (!is_ce) {
+      alignas(64) acc_t lp_l[V];
+      lp.store(lp_l);
+      for (int64_t l = 0; l < V; ++l) h_l[l] = row_loss<acc_t>(lp_l[l], c.opt).h;
+      h = Vec::loadu(h_l);
+    }
+    const Vec A = scale * Vec(acc_t(1) - eps) * wy * h;
+    const Vec S = scale * Vec(eps / acc_t(C));
+    const Vec Bs = S * Vec(acc_t(c.W));
     const Vec P = A + Bs;
-    const Vec yv = Vec::loadu(y_l), live = (Vec::loadu(live_l) == one);
     // true class: A (p_y - 1) + Bs p_y - S w_y, with p_y - 1 = expm1(lp) (exact as p_y -> 1)
     Vec gy = A * lp.expm1();
-    if (smooth) gy = gy + Bs * lp.exp() - S * Vec::loadu(wy_l);
+    if (smooth) gy = gy + Bs * lp.exp() - S * wy;
+    alignas(64) acc_t yf_l[V];
+    for (int64_t l = 0; l < V; ++l) yf_l[l] = acc_t(L.y[l]);
+    const Vec yv = Vec::loadu(yf_l);
     for (int64_t j = 0; j < C; ++j) {
       const Vec p = ((Vec::loadu(cols + j * V) - m) - logs).exp();
       Vec g = P * p;
