@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(kSmallThreads) fwd_small(const FwdParams p) {
   for (int k = 0; k < kSmallK; ++k) {
     const int64_t j = lane + int64_t(k) * G;
     if (j < r.C) {
-      const acc_t e = m_exp(v[k] - m);
+      const acc_t e = bulk_exp(v[k] - m);
       if (e == acc_t(1)) ties += acc_t(1); else rest += e;
       if (smooth) {
         const acc_t wj = class_weight<acc_t>(r, j);
