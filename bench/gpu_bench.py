@@ -55,7 +55,13 @@ def parse_args(argv=None):
     ap.add_argument("--dtypes", default=",".join(DTYPES))
     ap.add_argument("--warmup", type=int, default=10, help="do_bench warmup, ms")
     ap.add_argument("--rep", type=int, default=50, help="do_bench repetition time, ms")
+    ap.add_argument("--device", default="cuda",
+                    help="'cuda' (default); 'cpu' only smoke-tests this script (tiny shapes, "
+                         "wall-clock timing, no triton needed)")
     return ap.parse_args(argv)
+
+
+DEV = "cuda"
 
 
 # ----------------------------------------------------------------- implementations
@@ -75,7 +81,7 @@ def make_impls(names, torch):
     impls = {}
     import momkernels
 
-    avail = momkernels.available_backends("cuda")
+    avail = momkernels.available_backends(DEV)
     for b in ("cpp", "triton"):
         if b not in names:
             continue
@@ -83,7 +89,7 @@ def make_impls(names, torch):
             impls[b] = (lambda x, t, b=b: momkernels.mom_cross_entropy(
                 x, t, LAM, o_index=O_INDEX, ignore_index=IGNORE, backend=b), "")
         else:
-            impls[b] = (None, f"backend {b!r} unavailable on cuda")
+            impls[b] = (None, f"backend {b!r} unavailable on {DEV}")
     if "eager" in names:
         impls["eager"] = (eager_mom, "F.cross_entropy(none)+mask+sums")
     if "compile" in names:
@@ -103,6 +109,15 @@ def make_impls(names, torch):
 
 
 def bench_ms(fn, warmup, rep):
+    if DEV != "cuda":  # smoke test of the script on CPU: plain wall clock
+        fn()
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        ts.sort()
+        return ts[1], ts[0], ts[2]
     import triton.testing
 
     q = triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5, 0.2, 0.8])
@@ -110,7 +125,7 @@ def bench_ms(fn, warmup, rep):
 
 
 def copy_gbps(nbytes, torch, warmup, rep):
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    src = torch.empty(nbytes, dtype=torch.uint8, device=DEV)
     dst = torch.empty_like(src)
     ms, _, _ = bench_ms(lambda: dst.copy_(src), warmup, rep)
     del src, dst
@@ -119,10 +134,10 @@ def copy_gbps(nbytes, torch, warmup, rep):
 
 def make_data(N, C, dtype, torch):
     """Logits ~ 3 N(0, 1) and NER-like targets: 70 % class 0, 10 % ignored (seeded)."""
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x0 = torch.randn(N, C, device="cuda", dtype=dtype, generator=g) * 3
-    t = torch.randint(0, C, (N,), device="cuda", generator=g)
-    u = torch.rand(N, device="cuda", generator=g)
+    g = torch.Generator(device=DEV).manual_seed(0)
+    x0 = torch.randn(N, C, device=DEV, dtype=dtype, generator=g) * 3
+    t = torch.randint(0, C, (N,), device=DEV, generator=g)
+    u = torch.rand(N, device=DEV, generator=g)
     t = torch.where(u < 0.7, torch.zeros_like(t), t)
     t = torch.where(u > 0.9, torch.full_like(t, IGNORE), t)
     return x0, t
@@ -135,8 +150,9 @@ def measure(name, fn, N, C, dtype_name, torch, args, copy_bw, writer, rows, eage
     out = []
     for mode in MODES:
         x = x0.clone().requires_grad_(True)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        if DEV == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         note = ""
         diff = float("nan")
         try:
@@ -157,7 +173,7 @@ def measure(name, fn, N, C, dtype_name, torch, args, copy_bw, writer, rows, eage
                 ms = bench_ms(step, args.warmup, args.rep)
                 nbytes = 3 * logits_bytes
             del loss
-            peak = torch.cuda.max_memory_allocated() / 2**20
+            peak = torch.cuda.max_memory_allocated() / 2**20 if DEV == "cuda" else float("nan")
             gbps = nbytes / (ms[0] * 1e-3) / 1e9
             row = dict(N=N, C=C, dtype=dtype_name, impl=name, mode=mode, ms=f"{ms[0]:.4f}",
                        ms_p20=f"{ms[1]:.4f}", ms_p80=f"{ms[2]:.4f}", bytes=nbytes,
@@ -176,7 +192,8 @@ def measure(name, fn, N, C, dtype_name, torch, args, copy_bw, writer, rows, eage
         del x
     del x0, t
     gc.collect()
-    torch.cuda.empty_cache()
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
     return out
 
 
@@ -199,13 +216,16 @@ def write_markdown(path, rows, env):
 
 
 def main(argv=None):
+    global DEV
     args = parse_args(argv)
     t_start = time.time()
     import torch
 
     os.makedirs(args.out, exist_ok=True)
-    if not torch.cuda.is_available():
-        print("gpu_bench: no CUDA device; nothing to measure", file=sys.stderr)
+    DEV = args.device
+    if DEV == "cuda" and not torch.cuda.is_available():
+        print("gpu_bench: no CUDA device; nothing to measure (--device cpu smoke-tests the "
+              "script)", file=sys.stderr)
         return 2
     import momkernels
 
@@ -216,9 +236,15 @@ def main(argv=None):
     if args.quick:
         shapes = [s for s in shapes if s[1] <= 32000]
         args.rep = min(args.rep, 20)
+    if DEV != "cuda" and not args.shapes:
+        shapes = [(256, 9), (16, 3000)]
     dtypes = [d for d in args.dtypes.split(",") if d]
-    props = torch.cuda.get_device_properties(0)
-    env = (f"{props.name} ({props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, "
+    if DEV == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        device_name = f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    else:
+        device_name = f"{DEV} (smoke test, not a benchmark)"
+    env = (f"{device_name}, torch {torch.__version__}, "
            f"CUDA {torch.version.cuda}, momkernels {momkernels.__version__} "
            f"{momkernels.ops.build_info()}, python {platform.python_version()}")
     try:
@@ -226,8 +252,9 @@ def main(argv=None):
 
         env += f", triton {triton.__version__}"
     except ImportError:
-        print("gpu_bench: triton is needed for triton.testing.do_bench", file=sys.stderr)
-        return 2
+        if DEV == "cuda":
+            print("gpu_bench: triton is needed for triton.testing.do_bench", file=sys.stderr)
+            return 2
     with open(os.path.join(args.out, "gpu_bench_env.txt"), "w") as f:
         f.write(env + "\n")
     print(env, flush=True)
