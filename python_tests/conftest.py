@@ -1,0 +1,53 @@
+"""pytest configuration of the momkernels suite.
+
+* Without a GPU, Triton kernels can only run in the interpreter: set
+  TRITON_INTERPRET=1 before anything imports triton (a user's explicit
+  setting wins).
+* Hypothesis profiles: "ci" (default, ~60 examples per property) and "long"
+  (2000), selected with the env variable HYPOTHESIS_PROFILE.
+* The ``slow`` marker is declared in pyproject.toml and again here, so the
+  suite also runs from another rootdir.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "long", max_examples=2000, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: long-running tests, deselected in CI with -m 'not slow'")
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_state():
+    """Tests may change the thread count or the default dtype: put them back."""
+    threads = torch.get_num_threads()
+    default_dtype = torch.get_default_dtype()
+    yield
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(default_dtype)
+
+
+@pytest.fixture
+def gen(request):
+    """A torch.Generator seeded from the test id: reproducible, different per case."""
+    import zlib
+
+    g = torch.Generator()
+    g.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+    return g

@@ -1,0 +1,230 @@
+"""Gradients by finite differences (float64 ``gradcheck``), the custom operators
+under ``torch.library.opcheck``, and ``torch.compile(fullgraph=True)``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import momkernels
+from helpers import BACKENDS, HAS_CPP, make_logits, make_targets, make_weight
+
+needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="momkernels._C (backend 'cpp') not built")
+
+# (id, kwargs) -- moderate logits keep focal/dice smooth at the sample point
+GRADCHECK_CASES = [
+    ("ce", dict(loss="ce")),
+    ("ce_w", dict(loss="ce", use_weight=True)),
+    ("ce_ls", dict(loss="ce", label_smoothing=0.1)),
+    ("ce_ls_w", dict(loss="ce", label_smoothing=0.3, use_weight=True)),
+    ("focal", dict(loss="focal")),
+    ("focal_w_g0.5", dict(loss="focal", gamma=0.5, use_weight=True)),
+    ("focal_g1.5_rows", dict(loss="focal", gamma=1.5, mom_norm="rows")),
+    ("dice", dict(loss="dice")),
+    ("dice_w_a0.5", dict(loss="dice", dice_alpha=0.5, dice_smooth=0.3, use_weight=True)),
+    ("dice_a2_rows", dict(loss="dice", dice_alpha=2.0, mom_norm="rows", use_weight=True)),
+]
+
+
+# gradcheck is about the compiled backward: the "torch" backend's gradient is
+# autograd's own, and "triton" hands float64 logits on to "cpp".
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.175, 1.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", [c[1] for c in GRADCHECK_CASES],
+                         ids=[c[0] for c in GRADCHECK_CASES])
+@pytest.mark.parametrize("backend", ["cpp"] if HAS_CPP else [])
+def test_gradcheck(backend, case, reduction, lam, gen):
+    case = dict(case)
+    N, C, o = 9, 5, 1
+    x = make_logits((N, C), torch.float64, gen=gen, scale=1.5)
+    t = torch.tensor([1, 1, 3, -100, 1, 0, 4, -100, 1])  # O rows, entity rows, ignored
+    w = make_weight(C, torch.float64, gen=gen) if case.pop("use_weight", False) else None
+
+    def f(inp):
+        return momkernels.mom_cross_entropy(inp, t, lam, o_index=o, weight=w,
+                                            reduction=reduction, backend=backend, **case)
+
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@needs_cpp
+def test_gradcheck_nd_and_strided(gen):
+    """(N, C, d1) with classes last in memory, strided int32 targets."""
+    x = make_logits((3, 7, 4), torch.float64, gen=gen, scale=1.5, layout="transposed")
+    t = make_targets((3, 4), 7, gen=gen, kind="ner", o_index=2, dtype=torch.int32, strided=True)
+    w = make_weight(7, torch.float64, gen=gen)
+    for loss in ("ce", "focal", "dice"):
+        def f(inp):
+            return momkernels.mom_cross_entropy(inp, t, 0.3, o_index=2, weight=w, loss=loss,
+                                                reduction="none", backend="cpp")
+
+        assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5), loss
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_not_written_into_logits(backend, gen):
+    """The backward must not overwrite the logits in place (a Liger pitfall):
+    logits used by a second consumer keep their values and gradient."""
+    x = make_logits((9, 5), torch.float32, gen=gen)
+    t = torch.tensor([0, 1, 2, 3, 4, 0, 0, -100, 0])
+    before = x.detach().clone()
+    loss = momkernels.mom_cross_entropy(x, t, 0.5, backend=backend) + (x * 2).sum()
+    loss.backward()
+    assert torch.equal(x.detach(), before)
+    # the second consumer contributes exactly 2 to every entry's gradient
+    xr = before.clone().requires_grad_(True)
+    momkernels.mom_cross_entropy(xr, t, 0.5, backend=backend).backward()
+    torch.testing.assert_close(x.grad, xr.grad + 2)
+
+
+# ------------------------------------------------------------- opcheck
+
+
+def _fwd_samples():
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for dtype, red, use_w, loss, ls, norm in [
+        (torch.float32, "mean", False, "ce", 0.0, "valid"),
+        (torch.float32, "sum", True, "ce", 0.1, "valid"),
+        (torch.float64, "none", True, "focal", 0.0, "valid"),
+        (torch.bfloat16, "mean", True, "dice", 0.0, "rows"),
+        (torch.float16, "none", False, "ce", 0.2, "valid"),
+        (torch.float64, "mean", False, "focal", 0.0, "rows"),
+    ]:
+        N, C = 11, 7
+        x = (torch.randn(N, C, generator=g) * 2).to(dtype).requires_grad_(True)
+        t = torch.randint(0, C, (N,), generator=g)
+        t[::4] = -100
+        t[1::3] = 0
+        w = (torch.rand(C, generator=g) + 0.5).to(dtype) if use_w else None
+        out.append((x, t, w, 0.175, 0, -100, loss, 2.0, 1.0, 0.01, ls, red, norm))
+    # int32 targets and an empty batch
+    x = torch.randn(5, 3, dtype=torch.float32, requires_grad=True)
+    out.append((x, torch.tensor([0, 1, 2, -1, 0], dtype=torch.int32), None, 0.5, 0, -1, "ce",
+                2.0, 1.0, 0.01, 0.0, "sum", "valid"))
+    x = torch.randn(0, 3, dtype=torch.float32, requires_grad=True)
+    out.append((x, torch.empty(0, dtype=torch.int64), None, 0.5, 0, -100, "ce", 2.0, 1.0, 0.01,
+                0.0, "sum", "valid"))
+    return out
+
+
+@needs_cpp
+@pytest.mark.parametrize("args", _fwd_samples(),
+                         ids=lambda a: f"{str(a[0].dtype)[6:]}-{a[11]}-{a[6]}-"
+                                       f"{'w' if a[2] is not None else 'now'}-N{a[0].shape[0]}")
+def test_opcheck_forward(args):
+    torch.library.opcheck(torch.ops.momkernels.mom_loss_fwd.default, args)
+
+
+@needs_cpp
+@pytest.mark.parametrize("args", _fwd_samples(),
+                         ids=lambda a: f"{str(a[0].dtype)[6:]}-{a[11]}-{a[6]}-"
+                                       f"{'w' if a[2] is not None else 'now'}-N{a[0].shape[0]}")
+def test_opcheck_backward(args):
+    (x, t, w, lam, o, ign, loss, gamma, al, de, ls, red, norm) = args
+    with torch.no_grad():
+        out, stats, coef = torch.ops.momkernels.mom_loss_fwd(x, t, w, lam, o, ign, loss, gamma,
+                                                             al, de, ls, red, norm)
+    grad = torch.rand_like(out) + 0.5
+    bargs = (grad, x.detach(), t, w, stats, coef, o, ign, loss, gamma, al, de, ls)
+    torch.library.opcheck(torch.ops.momkernels.mom_loss_bwd.default, bargs)
+    # and the backward op is what autograd uses
+    gi = torch.ops.momkernels.mom_loss_bwd(*bargs)
+    xx = x.detach().clone().requires_grad_(True)
+    o2, _, _ = torch.ops.momkernels.mom_loss_fwd(xx, t, w, lam, o, ign, loss, gamma, al, de,
+                                                 ls, red, norm)
+    (ga,) = torch.autograd.grad(o2, xx, grad)
+    assert torch.equal(gi, ga)
+
+
+@needs_cpp
+def test_op_outputs():
+    """Documented outputs: loss in input dtype ((N,) or 0-dim), stats (N, 2) and
+    coef (2,) in the math dtype."""
+    x = torch.randn(6, 4, dtype=torch.bfloat16)
+    t = torch.tensor([0, 1, 2, 3, 0, -100])
+    for red, shape in (("none", (6,)), ("mean", ()), ("sum", ())):
+        out, stats, coef = torch.ops.momkernels.mom_loss_fwd(
+            x, t, None, 0.5, 0, -100, "ce", 2.0, 1.0, 0.01, 0.0, red, "valid")
+        assert out.dtype == torch.bfloat16 and tuple(out.shape) == shape
+        assert stats.dtype == torch.float32 and tuple(stats.shape) == (6, 2)
+        assert coef.dtype == torch.float32 and tuple(coef.shape) == (2,)
+
+
+@needs_cpp
+def test_op_rejects_bad_direct_calls():
+    """The operators check their inputs too (for direct torch.ops calls)."""
+    op = torch.ops.momkernels.mom_loss_fwd
+    x = torch.randn(4, 3)
+    t = torch.tensor([0, 1, 2, 0])
+    base = (None, 0.5, 0, -100, "ce", 2.0, 1.0, 0.01, 0.0, "mean", "valid")
+    with pytest.raises(ValueError, match="input"):
+        op(x[None], t, *base)
+    with pytest.raises(ValueError, match="target"):
+        op(x, t[:3], *base)
+    with pytest.raises(TypeError, match="target"):
+        op(x, t.float(), *base)
+    with pytest.raises(TypeError, match="input"):
+        op(x.long(), t, *base)
+    with pytest.raises(ValueError, match="weight"):
+        op(x, t, torch.ones(4), *base[1:])
+    with pytest.raises(ValueError, match="loss"):
+        op(x, t, None, 0.5, 0, -100, "hinge", 2.0, 1.0, 0.01, 0.0, "mean", "valid")
+    with pytest.raises(ValueError, match="reduction"):
+        op(x, t, None, 0.5, 0, -100, "ce", 2.0, 1.0, 0.01, 0.0, "avg", "valid")
+    with pytest.raises(ValueError, match="mom_norm"):
+        op(x, t, None, 0.5, 0, -100, "ce", 2.0, 1.0, 0.01, 0.0, "mean", "tokens")
+    with pytest.raises(ValueError, match="lam"):
+        op(x, t, None, 1.5, 0, -100, "ce", 2.0, 1.0, 0.01, 0.0, "mean", "valid")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        op(x, t, None, 0.5, 0, -100, "focal", 2.0, 1.0, 0.01, 0.1, "mean", "valid")
+    with pytest.raises(IndexError, match="out of bounds"):
+        op(x, torch.tensor([0, 1, 3, 0]), *base)
+
+
+# ------------------------------------------------------------- torch.compile
+
+
+@needs_cpp
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [
+    dict(shape=(33, 9), dtype=torch.float32, loss="ce", reduction="mean", label_smoothing=0.1,
+         use_weight=True),
+    dict(shape=(3, 9, 5), dtype=torch.bfloat16, loss="focal", reduction="none", use_weight=False,
+         mom_norm="rows"),
+], ids=["ce-mean-w-ls-fp32", "focal-none-nd-bf16"])
+def test_compile_fullgraph_matches_eager(case, gen):
+    case = dict(case)
+    shape, dtype = case.pop("shape"), case.pop("dtype")
+    use_w = case.pop("use_weight")
+    C = shape[1]
+    x = make_logits(shape, dtype, gen=gen)
+    tshape = (shape[0],) + shape[2:]
+    t = make_targets(tshape, C, gen=gen, kind="ner", o_index=1)
+    w = make_weight(C, dtype, gen=gen) if use_w else None
+
+    def f(inp, tgt, weight):
+        out = momkernels.mom_cross_entropy(inp, tgt, 0.175, o_index=1, weight=weight,
+                                           backend="cpp", **case)
+        return out.sum() * 1.5  # something around the op for the compiler to fuse
+
+    torch._dynamo.reset()
+    try:
+        cf = torch.compile(f, fullgraph=True, dynamic=False)
+        xc = x.detach().clone().requires_grad_(True)
+        out_c = cf(xc, t, w)
+        out_c.backward()
+        out_e = f(x, t, w)
+        out_e.backward()
+        assert torch.equal(out_c, out_e), (out_c, out_e)
+        assert torch.equal(xc.grad, x.grad)
+        # a second batch of the same shape reuses the graph and is still right
+        x2 = make_logits(shape, dtype, gen=gen)
+        x2c = x2.detach().clone().requires_grad_(True)
+        cf(x2c, t, w).backward()
+        f(x2, t, w).backward()
+        assert torch.equal(x2c.grad, x2.grad)
+    finally:
+        torch._dynamo.reset()
