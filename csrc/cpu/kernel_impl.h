@@ -251,9 +251,14 @@ void forward_rows(const FwdArgs& a, int64_t blk) {
       const int64_t n = std::min(kChunkElems, c.C - c0);
       const acc_t* v = load_span(row + c0 * c.sC, c.sC, n, buf);
       const acc_t cm = span_max(v, n);
-      acc_t cties, crest, cwdev = 0, cwsum = 0;
-      span_expsum(v, n, cm, cties, crest);
-      if (smooth) span_weighted_dev(v, w ? w + c0 : nullptr, n, cm, cwdev, cwsum);
+      acc_t cties = 0, crest = 0, cwdev = 0, cwsum = 0;
+      // A chunk whose logits are all -inf adds exactly 0 to the normaliser
+      // (exp(x - cm) would be exp(-inf + inf) = NaN); its smoothing term is
+      // +inf (or NaN for a zero weight), as in PyTorch, whatever the reference.
+      const bool all_neg_inf = cm == -std::numeric_limits<acc_t>::infinity();
+      if (!all_neg_inf) span_expsum(v, n, cm, cties, crest);
+      if (smooth)
+        span_weighted_dev(v, w ? w + c0 : nullptr, n, all_neg_inf ? acc_t(0) : cm, cwdev, cwsum);
       st.merge(cm, cties, crest, cwdev, cwsum);
     }
     const acc_t logs = log_normaliser(st.ties, st.rest);
