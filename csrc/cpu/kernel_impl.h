@@ -545,9 +545,11 @@ void backward_tile(const BwdArgs& a, int64_t blk) {
       const int64_t i = v ? i0 + l : 0;
       m_l[l] = v ? stats[2 * i] : acc_t(0);
       logs_l[l] = v ? stats[2 * i + 1] : acc_t(0);
-      const acc_t g = v ? (a.grad_per_row ? up[i] : up[0]) : acc_t(0);
-      // row coefficient a + b [y == o]: b is added, never multiplied by 0
-      scale_l[l] = g * (L.is_o[l] != acc_t(0) ? coef_ab : coef_a);
+      const acc_t g = a.grad_per_row ? up[i] : up[0];
+      // row coefficient a + b [y == o]: b is added, never multiplied by 0.
+      // Rows without a valid target get exactly 0 (a may be inf: mean of an
+      // all-ignored batch, where 0 * inf would be NaN).
+      scale_l[l] = v ? g * (L.is_o[l] != acc_t(0) ? coef_ab : coef_a) : acc_t(0);
     }
     const Vec m = Vec::loadu(m_l), logs = Vec::loadu(logs_l), scale = Vec::loadu(scale_l);
     const Vec xy = Vec::loadu(L.xy), wy = Vec::loadu(L.wy);
