@@ -46,6 +46,18 @@ def _math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _pow_q(q: Tensor, e: float) -> Tensor:
+    """q ** e for q = 1 - p_y in [0, 1], with a finite gradient at q = 0.
+
+    Plain ``q ** e`` back-propagates e * q^(e-1) = inf at q = 0 for e < 1, and
+    inf * 0 = NaN; the true gradient of every loss here vanishes as q -> 0
+    (it carries a factor q from dq/dx), which is what the kernels compute.
+    """
+    pos = q > 0
+    q_safe = torch.where(pos, q, torch.ones_like(q))
+    return torch.where(pos, q_safe**e, torch.full_like(q, 1.0 if e == 0 else 0.0))
+
+
 def per_row_loss(
     x: Tensor,
     target: Tensor,
@@ -84,9 +96,9 @@ def per_row_loss(
         p = lp_y.exp()
         q = -torch.expm1(lp_y)  # 1 - p without cancellation for confident rows
         if loss == "focal":
-            ell = w_y * (-(q**gamma) * lp_y)
+            ell = w_y * (-_pow_q(q, gamma) * lp_y)
         elif loss == "dice":
-            a = q**dice_alpha * p
+            a = _pow_q(q, dice_alpha) * p
             ell = w_y * (1.0 - (2.0 * a + dice_smooth) / (a + 1.0 + dice_smooth))
         else:
             raise ValueError(f"loss must be 'ce', 'focal' or 'dice'; got {loss!r}")
