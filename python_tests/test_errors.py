@@ -150,6 +150,45 @@ def test_triton_unavailable_says_why():
     assert len(str(info.value)) > 20
 
 
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_backend_unavailable_for_device_says_why(backend):
+    """A backend asked for tensors it has no kernels for ("meta" stands in for
+    an unsupported device) raises BackendUnavailableError, never a wrong number."""
+    x = torch.randn(N, C, device="meta")
+    t = torch.zeros(N, dtype=torch.long, device="meta")
+    with pytest.raises(momkernels.BackendUnavailableError, match=r"meta|not built|install") as e:
+        _mom(x, t, backend=backend)
+    assert isinstance(e.value, RuntimeError)
+    assert backend not in momkernels.available_backends("meta")
+
+
+def test_triton_on_cpu_needs_the_interpreter():
+    """Without TRITON_INTERPRET=1 (read at import) "triton" is unavailable for
+    CPU tensors and the error says how to get it (a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, momkernels\n"
+        "x = torch.randn(3, 4); t = torch.tensor([0, 1, 2])\n"
+        "assert 'triton' not in momkernels.available_backends('cpu')\n"
+        "try:\n"
+        "    momkernels.mom_cross_entropy(x, t, backend='triton')\n"
+        "except momkernels.BackendUnavailableError as e:\n"
+        "    print('MSG', e)\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([repo, env.get("PYTHONPATH", "")])
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    msg = r.stdout.split("MSG", 1)[1]
+    assert "TRITON_INTERPRET" in msg or "pip install triton" in msg, msg
+
+
 def test_module_errors():
     with pytest.raises(ValueError, match="reduction"):
         momkernels.CrossEntropyLoss(reduction="avg")(_x(), _t())
