@@ -10,15 +10,24 @@ compute_dtype=torch.float64)`` of the *same* (already rounded) logits.  So:
 * float64: only summation order differs -> 1e-11 relative;
 * float32: float32 math, ~100 ulps -> 1e-5 relative (the issue's figure);
 * bfloat16 / float16: the float32 result rounded once to the output dtype ->
-  one ulp of that dtype (2^-7 resp. 2^-10 relative), plus float16's subnormal
-  spacing in absolute terms.
+  one ulp of that dtype (2^-7 resp. 2^-10 relative; observed errors are at
+  most half of that), and 1e-6 absolute for float32 math near zero.
 
-Gradients additionally get an absolute floor relative to the largest gradient
-entry (a normwise bound: float64/float32 ``rtol * max|grad|``, low precision
-``1e-5 * max|grad|``, i.e. float32 math), for entries that are differences of
-nearly equal terms: label smoothing's P * p_j - S * w_j, and dice's
-d a / d p = q - p near p = 1/2, whose *elementwise* relative error is
-unbounded in any finite precision.
+Gradients get two absolute floors on top (``grad_tol`` + ``oracle_floor``):
+* normwise, relative to the largest oracle gradient entry (float64/float32
+  ``rtol * max|grad|``, low precision ``1e-5 * max|grad|``, i.e. float32
+  math), for entries that are differences of nearly equal terms: label
+  smoothing's P * p_j - S * w_j, and dice's d a / d p = q - p near p = 1/2,
+  whose *elementwise* relative error is unbounded in any finite precision;
+* the math dtype's epsilon times the row coefficient (``coefficient_scale``):
+  the float64 oracle itself only knows p_y - 1 to ~1e-16 absolute (its
+  log_softmax returns log p_y = 0 once 1 - p_y < 1e-16, where the kernels'
+  log1p/expm1 stay exact), and float32 math cannot do better than ~1e-7 of
+  the row's scale for saturated rows;
+plus the smallest normal number of the math dtype (float16: its subnormal
+spacing) below which relative accuracy is gone.  The accuracy of confident
+rows *relative to their own size* is tested separately
+(test_edge_cases.py::test_bf16_confident_majority_rows).
 """
 
 from __future__ import annotations
