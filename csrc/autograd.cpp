@@ -60,6 +60,8 @@ class MoMLoss : public torch::autograd::Function<MoMLoss> {
     ctx->saved_data["dice_smooth"] = dice_smooth;
     ctx->saved_data["label_smoothing"] = label_smoothing;
     ctx->mark_non_differentiable({stats, coef});
+    // stats and coef never receive gradients: do not materialise zeros for them
+    ctx->set_materialize_grads(false);
     return {out, stats, coef};
   }
 

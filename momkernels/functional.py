@@ -46,6 +46,10 @@ class BackendUnavailableError(RuntimeError):
 
 def _torch_loss(x, t, weight, lam, o_index, ignore_index, loss, gamma, dice_alpha, dice_smooth,
                 label_smoothing, reduction, mom_norm):
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        # SPEC: on CPU an out-of-range target is an IndexError, as in PyTorch
+        # (gather would raise a RuntimeError).  Reading CPU targets is no sync.
+        check_target_range(t, x.shape[-1], ignore_index)
     return reference.mom_cross_entropy(
         x, t, lam, o_index=o_index, ignore_index=ignore_index, weight=weight, loss=loss,
         gamma=gamma, dice_alpha=dice_alpha, dice_smooth=dice_smooth,

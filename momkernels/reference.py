@@ -34,6 +34,8 @@ def as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     ``(C,)`` with a 0-dim target is one row; ``(N, C, d1, ...)`` moves the class
     dimension last (a copy only when that layout is not already a view).
     """
+    if input.dim() == 2 and target.dim() == 1:
+        return input, target  # already rows: no view op, no extra autograd node
     if input.dim() == 1:
         return input.unsqueeze(0), target.reshape(1)
     if input.dim() > 2:
@@ -79,7 +81,11 @@ def per_row_loss(
     valid = target != ignore_index
     safe_t = torch.where(valid, target, torch.zeros_like(target)).long()
     logp = torch.log_softmax(x, dim=-1)
+    # Ignored rows use lp = 0 (p = 1): their loss is masked to 0 below, and this
+    # keeps e.g. focal's (1 - p)^g * lp at a -inf logit from back-propagating
+    # 0 * inf = NaN into a row that must get an exactly zero gradient.
     lp_y = logp.gather(1, safe_t.unsqueeze(1)).squeeze(1)
+    lp_y = torch.where(valid, lp_y, torch.zeros_like(lp_y))
     if weight is not None:
         w = weight.to(x.dtype)
         w_y = w[safe_t]

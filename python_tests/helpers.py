@@ -64,6 +64,12 @@ HAS_CPP = "cpp" in BACKENDS
 INTERPRETED = {"triton"} if os.environ.get("TRITON_INTERPRET") == "1" else set()
 
 
+# Backends with fused kernels.  "torch" is PyTorch autograd of log_softmax,
+# which forms p_y - 1 by subtraction exactly as F.cross_entropy does; accuracy
+# beyond PyTorch's own (confident rows) is the fused kernels' promise only.
+FUSED = [b for b in BACKENDS if b != "torch"]
+
+
 def backend_params(heavy: bool = False) -> list:
     """BACKENDS for ``parametrize``; in the big grids (``heavy``) an interpreted
     backend is marked ``slow`` so the default run stays within minutes."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import momkernels
-from helpers import BACKENDS, backend_params
+from helpers import BACKENDS, INTERPRETED, backend_params
 
 N, C = 5, 4
 
@@ -214,9 +214,18 @@ def _bad_targets():
 @pytest.mark.parametrize("name,t", _bad_targets(), ids=[n for n, _ in _bad_targets()])
 @pytest.mark.parametrize("backend", backend_params())
 def test_out_of_range_target_index_error(backend, name, t, reduction):
-    """On CPU the kernel itself raises IndexError, like F.cross_entropy."""
+    """On CPU, IndexError like F.cross_entropy (the cpp kernel raises it itself,
+    the torch backend checks first).  Triton under TRITON_INTERPRET=1 emulates
+    the GPU kernels, so it behaves as on a GPU: no out-of-bounds access, the
+    row's loss is NaN (SPEC); the eager check is the way to get an error."""
     with pytest.raises(IndexError, match=r"out of bounds"):
         torch.nn.functional.cross_entropy(_x(), t.long(), reduction=reduction)
+    if backend in INTERPRETED:
+        bad = (t != -100) & ((t < 0) | (t >= C))
+        out = _mom(_x(), t, 0.5, reduction="none", backend=backend)
+        assert torch.isnan(out[bad]).all() and not torch.isnan(out[~bad]).any(), out
+        assert torch.isnan(_mom(_x(), t, 0.5, reduction="mean", backend=backend))
+        return
     with pytest.raises(IndexError, match=r"out of bounds"):
         _mom(_x(), t, 0.5, reduction=reduction, backend=backend)
     with pytest.raises(IndexError, match=r"out of bounds"):
@@ -253,5 +262,8 @@ def test_eager_check_accepts_valid_targets(backend, monkeypatch):
         assert torch.equal(got, want)
     monkeypatch.setenv("MOMKERNELS_CHECK", "0")  # "0" means off
     t = torch.tensor([0, 1, 2, 3, 9])
+    if backend in INTERPRETED:  # GPU semantics (see above): NaN, no error
+        assert torch.isnan(_mom(x, t, 0.5, backend=backend))
+        return
     with pytest.raises(IndexError):  # the kernel's own error, not the eager check's
         _mom(x, t, 0.5, backend=backend)

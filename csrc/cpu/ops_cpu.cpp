@@ -147,9 +147,9 @@ at::Tensor mom_loss_bwd_cpu(const at::Tensor& grad, const at::Tensor& input,
   TORCH_CHECK_VALUE(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == 2,
                     "momkernels: stats must be (N, 2); got shape ", stats.sizes());
   TORCH_CHECK_VALUE(coef.numel() == 2, "momkernels: coef must have 2 elements; got ", coef.sizes());
-  const at::Tensor g = grad.to(acc).contiguous();
+  const at::Tensor g = grad.to(acc).contiguous();  // no copy in the usual case
   const at::Tensor st = stats.to(acc).contiguous();
-  const at::Tensor cf = coef.to(at::kDouble).contiguous();
+  const at::Tensor cf = coef.to(acc).contiguous();
   const at::Tensor w = math_weight(weight, acc);
   at::Tensor grad_in = at::empty({N, input.size(1)}, input.options());
 
@@ -158,8 +158,13 @@ at::Tensor mom_loss_bwd_cpu(const at::Tensor& grad, const at::Tensor& input,
   a.c.stats = st.data_ptr();
   a.grad = g.data_ptr();
   a.grad_per_row = grad.dim() == 1;
-  a.a = cf.const_data_ptr<double>()[0];
-  a.b = cf.const_data_ptr<double>()[1];
+  if (acc == at::kDouble) {
+    a.a = cf.const_data_ptr<double>()[0];
+    a.b = cf.const_data_ptr<double>()[1];
+  } else {
+    a.a = cf.const_data_ptr<float>()[0];
+    a.b = cf.const_data_ptr<float>()[1];
+  }
   a.grad_in = grad_in.data_ptr();
   const KernelTable& k = kernels_for_this_cpu();
   at::parallel_for(0, num_blocks(a.c), task_grain(a.c),
