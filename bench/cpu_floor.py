@@ -1,0 +1,85 @@
+"""Where the CPU time of the headline shapes goes: kernel vs fixed costs (8192 x 9)
+and the memory floor (4096 x 32000).  Prints a markdown report.
+
+    python bench/cpu_floor.py > docs/bench/cpu_analysis.md
+"""
+
+import platform
+import time
+
+import torch
+
+import momkernels
+from momkernels.benchmark import eager_mom_loss, machine_header, make_batch
+
+
+def tmed(f, reps):
+    for _ in range(3):
+        f()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return ts[len(ts) // 2] * 1e3
+
+
+def main():
+    print("# Where the CPU time goes\n")
+    print("\n".join(machine_header(["(bench/cpu_floor.py)"])).replace(
+        "`python -m momkernels bench (bench/cpu_floor.py)`", "`python bench/cpu_floor.py`"))
+    op_f, op_b = torch.ops.momkernels.mom_loss_fwd, torch.ops.momkernels.mom_loss_bwd
+    opts = ("ce", 2.0, 1.0, 0.01, 0.0)
+
+    print("\n## N = 8192, C = 9 (NER batch), fp32, lam = 0.175: kernels vs fixed costs\n")
+    x, t = make_batch(8192, 9, torch.float32, "cpu")
+    leaf = x.clone().requires_grad_()
+    loss, stats, coef = op_f(x, t, None, 0.175, 0, -100, *opts, "mean", "valid")
+    g = torch.ones(())
+    rows = {
+        "forward operator alone (torch.ops call, no autograd)":
+            tmed(lambda: op_f(x, t, None, 0.175, 0, -100, *opts, "mean", "valid"), 300),
+        "backward operator alone": tmed(lambda: op_b(g, x, t, None, stats, coef, 0, -100, *opts), 300),
+        "same forward on 16 rows (= fixed dispatch cost)":
+            tmed(lambda: op_f(x[:16], t[:16], None, 0.175, 0, -100, *opts, "mean", "valid"), 300),
+        "torch.empty(8192, 9) + fill (fresh gradient buffer)":
+            tmed(lambda: torch.empty(8192, 9).fill_(0), 300),
+    }
+
+    def fb():
+        leaf.grad = None
+        momkernels.mom_cross_entropy(leaf, t, 0.175).backward()
+
+    def fe():
+        leaf.grad = None
+        eager_mom_loss(leaf, t, 0.175).backward()
+
+    rows["momkernels.mom_cross_entropy fwd+bwd (public API, autograd)"] = tmed(fb, 300)
+    rows["eager PyTorch fwd+bwd"] = tmed(fe, 300)
+    print("| what | median ms |\n|---|---|")
+    for k, v in rows.items():
+        print(f"| {k} | {v:.3f} |")
+
+    print("\n## N = 4096, C = 32000 (524 MB of fp32 logits): the memory floor\n")
+    x, t = make_batch(4096, 32000, torch.float32, "cpu")
+    y = torch.empty_like(x)
+    loss, stats, coef = op_f(x, t, None, 0.175, 0, -100, *opts, "mean", "valid")
+    rows = {
+        "read pass: x.sum()": tmed(lambda: x.sum(), 7),
+        "copy into an existing buffer: y.copy_(x) (read + write)": tmed(lambda: y.copy_(x), 7),
+        "write into an existing buffer: y.fill_(0)": tmed(lambda: y.fill_(0), 7),
+        "write into a fresh buffer: torch.empty_like(x).fill_(0) (page faults)":
+            tmed(lambda: torch.empty_like(x).fill_(0), 7),
+        "momkernels forward operator (1 read pass + exp)":
+            tmed(lambda: op_f(x, t, None, 0.175, 0, -100, *opts, "mean", "valid"), 7),
+        "momkernels backward operator (read + exp + write a fresh gradient)":
+            tmed(lambda: op_b(g, x, t, None, stats, coef, 0, -100, *opts), 7),
+    }
+    print("| what | median ms |\n|---|---|")
+    for k, v in rows.items():
+        print(f"| {k} | {v:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
