@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
+#include <initializer_list>
 #include <optional>
 #include <tuple>
 
@@ -83,6 +84,25 @@ inline void check_op_inputs(const at::Tensor& input, const at::Tensor& target,
     TORCH_CHECK_VALUE(w.device() == input.device(), "momkernels: weight is on ", w.device(),
                       " but input is on ", input.device());
   }
+}
+
+// Checks of the backward's extra inputs: the upstream gradient (0-dim or
+// (N,)) and the forward's saved stats (N, 2) and coef (2,), all on input's device.
+inline void check_backward_inputs(const at::Tensor& input, const at::Tensor& grad,
+                                  const at::Tensor& stats, const at::Tensor& coef) {
+  const int64_t N = input.size(0);
+  TORCH_CHECK_VALUE(grad.numel() == 1 || (grad.dim() == 1 && grad.size(0) == N),
+                    "momkernels: grad must be 0-dim or (N,); got shape ", grad.sizes());
+  TORCH_CHECK_VALUE(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == 2,
+                    "momkernels: stats must be (N, 2); got shape ", stats.sizes());
+  TORCH_CHECK_VALUE(coef.dim() == 1 && coef.size(0) == 2,
+                    "momkernels: coef must have shape (2,); got ", coef.sizes());
+  for (const at::Tensor* t : {&grad, &stats, &coef}) {
+    TORCH_CHECK_VALUE(t->device() == input.device(), "momkernels: grad, stats and coef must be on ",
+                      input.device(), "; got a tensor on ", t->device());
+  }
+  TORCH_CHECK_TYPE(grad.is_floating_point(), "momkernels: grad must be floating point; got ",
+                   grad.scalar_type());
 }
 
 // Outputs of the forward: the loss ((N,) for reduction 'none', else 0-dim) in

@@ -142,11 +142,7 @@ at::Tensor mom_loss_bwd_cpu(const at::Tensor& grad, const at::Tensor& input,
   const LossOptions opt = make_options(loss, gamma, dice_alpha, dice_smooth, label_smoothing);
   const int64_t N = input.size(0);
   const at::ScalarType acc = math_dtype(input.scalar_type());
-  TORCH_CHECK_VALUE(grad.numel() == 1 || (grad.dim() == 1 && grad.size(0) == N),
-                    "momkernels: grad must be 0-dim or (N,); got shape ", grad.sizes());
-  TORCH_CHECK_VALUE(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == 2,
-                    "momkernels: stats must be (N, 2); got shape ", stats.sizes());
-  TORCH_CHECK_VALUE(coef.numel() == 2, "momkernels: coef must have 2 elements; got ", coef.sizes());
+  check_backward_inputs(input, grad, stats, coef);
   const at::Tensor g = grad.to(acc).contiguous();  // no copy in the usual case
   const at::Tensor st = stats.to(acc).contiguous();
   const at::Tensor cf = coef.to(acc).contiguous();

@@ -135,18 +135,7 @@ at::Tensor mom_loss_bwd_cuda(const at::Tensor& grad, const at::Tensor& input,
   const LossOptions opt = make_options(loss, gamma, dice_alpha, dice_smooth, label_smoothing);
   const int64_t N = input.size(0);
   const at::ScalarType acc = math_dtype(input.scalar_type());
-  TORCH_CHECK_VALUE(grad.numel() == 1 || (grad.dim() == 1 && grad.size(0) == N),
-                    "momkernels: grad must be 0-dim or (N,); got shape ", grad.sizes());
-  TORCH_CHECK_VALUE(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == 2,
-                    "momkernels: stats must be (N, 2); got shape ", stats.sizes());
-  TORCH_CHECK_VALUE(coef.dim() == 1 && coef.size(0) == 2,
-                    "momkernels: coef must have shape (2,); got ", coef.sizes());
-  for (const at::Tensor* t : {&grad, &stats, &coef}) {
-    TORCH_CHECK_VALUE(t->device() == input.device(), "momkernels: grad, stats and coef must be on ",
-                      input.device(), "; got a tensor on ", t->device());
-  }
-  TORCH_CHECK_TYPE(grad.is_floating_point(), "momkernels: grad must be floating point; got ",
-                   grad.scalar_type());
+  check_backward_inputs(input, grad, stats, coef);
   MOMK_DEVICE_GUARD(input);
   // Conversions only when a caller passes other dtypes; autograd does not.
   const bool grad_is_input_dtype = grad.scalar_type() == input.scalar_type();
