@@ -12,7 +12,6 @@ make no host synchronisation and compile with ``fullgraph=True``.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Callable, Optional
 
@@ -337,7 +336,3 @@ def cross_entropy(
                    "valid", backend)
     return _loss(input, target, weight, 1.0, o_index, ignore_index, "ce", 2.0, 1.0, 0.01,
                  float(label_smoothing), reduction, "valid", backend, check_targets)
-
-
-def _is_finite(v: float) -> bool:
-    return math.isfinite(v)
