@@ -21,3 +21,28 @@ def test_row_path_chunk_of_neg_inf_logits(C, label_smoothing):
     want = F.cross_entropy(x, t, reduction="none", label_smoothing=label_smoothing)
     torch.testing.assert_close(got, want)
     assert torch.isfinite(got).all() == (label_smoothing == 0.0)
+
+
+def test_recycled_gradient_buffers_are_fully_written():
+    # The CPU backward recycles freed gradient buffers of >= 1 MiB (csrc/cpu/
+    # ops_cpu.cpp): a recycled block holds the previous gradient, so every
+    # element -- ignored rows included -- must be overwritten, and two live
+    # gradients must never share a block.
+    torch.manual_seed(0)
+    N, C = 64, 5000  # 1.28 MB of float32 gradient
+    x = torch.randn(N, C, requires_grad=True)
+    t = torch.randint(0, C, (N,))
+    g_first = torch.autograd.grad(momkernels.mom_cross_entropy(x, t, 0.3, backend="cpp"), x)[0]
+    t2 = t.clone()
+    t2[::2] = -100  # ignored rows must come back as exact zeros, not stale values
+    g_live = torch.autograd.grad(momkernels.mom_cross_entropy(x, t2, 0.3, backend="cpp"), x)[0]
+    assert g_live.data_ptr() != g_first.data_ptr()
+    del g_first  # its block goes back to the cache ...
+    g_reused = torch.autograd.grad(momkernels.mom_cross_entropy(x, t2, 0.3, backend="cpp"), x)[0]
+    assert torch.equal(g_reused, g_live)  # ... and is fully rewritten when reused
+    assert bool((g_reused[::2] == 0).all())
+    # accumulation into a recycled .grad
+    x.grad = None
+    for _ in range(3):
+        momkernels.mom_cross_entropy(x, t2, 0.3, backend="cpp").backward()
+    torch.testing.assert_close(x.grad, 3 * g_live)
