@@ -73,7 +73,7 @@ def main():
             tmed(lambda: torch.empty_like(x).fill_(0), 7),
         "momkernels forward operator (1 read pass + exp)":
             tmed(lambda: op_f(x, t, None, 0.175, 0, -100, *opts, "mean", "valid"), 7),
-        "momkernels backward operator (read + exp + write a fresh gradient)":
+        "momkernels backward operator (read + exp + write the gradient; a freed gradient buffer is recycled)":
             tmed(lambda: op_b(g, x, t, None, stats, coef, 0, -100, *opts), 7),
     }
     print("| what | median ms |\n|---|---|")
