@@ -1,0 +1,60 @@
+"""The command line (python -m momkernels info / check) and the behaviour when
+the compiled extension cannot be loaded."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import momkernels
+from momkernels import functional, ops
+
+# The subprocess must import the same momkernels as this process (the installed
+# one in CI, the source tree with an in-place build in development): put its
+# parent first on the path and run from a neutral directory.
+PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(momkernels.__file__)))
+
+
+def _run(*args, env=None):
+    e = dict(os.environ)
+    e.pop("TRITON_INTERPRET", None)
+    e["PYTHONPATH"] = os.pathsep.join([PKG_PARENT] + [p for p in [e.get("PYTHONPATH")] if p])
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "momkernels", *args], capture_output=True,
+                          text=True, env=e, timeout=600, cwd=os.path.abspath(os.sep))
+
+
+def test_info_reports_versions_build_and_backends():
+    r = _run("info")
+    assert r.returncode == 0, r.stderr
+    assert f"momkernels      {momkernels.__version__}" in r.stdout
+    assert f"torch           {torch.__version__}" in r.stdout
+    assert "backends on cpu" in r.stdout and "auto  -> " in r.stdout
+    if ops.is_available():
+        assert "extension       loaded: cpu kernels" in r.stdout
+
+
+@pytest.mark.skipif(not ops.is_available(), reason="needs the compiled extension")
+def test_check_passes_for_cpp():
+    r = _run("check", "--backend", "cpp")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cpp on cpu: 576 cases" in r.stdout and ": OK" in r.stdout
+
+
+def test_unloadable_extension_gives_a_clear_error(monkeypatch):
+    # Simulate an extension built against another torch: the "cpp" backend is
+    # unavailable, auto falls back to the reference, and asking for "cpp" says
+    # why and how to rebuild instead of an undefined-symbol traceback.
+    monkeypatch.setattr(ops, "_load_error",
+                        "momkernels' C++ extension (momkernels._C) could not be loaded: "
+                        "undefined symbol: _ZN3c10fake")
+    x, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    assert "cpp" not in momkernels.available_backends("cpu")
+    assert functional._auto_backend(torch.device("cpu")) == "torch"
+    with pytest.raises(momkernels.BackendUnavailableError,
+                       match=r"(?s)undefined symbol.*--no-build-isolation"):
+        momkernels.mom_cross_entropy(x, t, 0.5, backend="cpp")
+    torch.testing.assert_close(momkernels.cross_entropy(x, t),
+                               torch.nn.functional.cross_entropy(x, t))
