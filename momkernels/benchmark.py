@@ -307,6 +307,46 @@ def write_outputs(rows: list[Row], out_dir: str, header: list[str], tag: str) ->
     print(f"wrote {csv_path} and {md_path}")
 
 
+def plot(csv_path: str, png_path: str) -> None:
+    """fwd+bwd time per competitor and shape (log scale), speed-up over eager on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path) as f:
+        rows = [r for r in csv.DictReader(f) if r["mode"] == "fwd+bwd"]
+    groups = sorted({(r["loss"], r["lam"], r["dtype"]) for r in rows})
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.2), squeeze=False)
+    for ax, (loss, lam, dtype) in zip(axes[0], groups):
+        sel = [r for r in rows if (r["loss"], r["lam"], r["dtype"]) == (loss, lam, dtype)]
+        shapes = list(dict.fromkeys(f"{r['N']}x{r['C']}" for r in sel))
+        comps = list(dict.fromkeys(r["competitor"] for r in sel))
+        width = 0.8 / len(comps)
+        for k, comp in enumerate(comps):
+            xs, ys, sp = [], [], []
+            for i, shp in enumerate(shapes):
+                r = next((r for r in sel if r["competitor"] == comp
+                          and f"{r['N']}x{r['C']}" == shp), None)
+                if r is not None:
+                    xs.append(i + (k - (len(comps) - 1) / 2) * width)
+                    ys.append(float(r["median_ms"]))
+                    sp.append(float(r["speedup_vs_eager"]))
+            bars = ax.bar(xs, ys, width, label=comp)
+            for b, v in zip(bars, sp):
+                ax.annotate(f"{v:.1f}x", (b.get_x() + b.get_width() / 2, b.get_height()),
+                            ha="center", va="bottom", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(shapes)), [f"N x C = {s}" for s in shapes])
+        ax.set_ylabel("fwd+bwd median (ms, log)")
+        ax.set_title(f"{dtype}, loss={loss}, lam={lam} (labels: speed-up vs eager)", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {png_path}")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m momkernels bench", description=__doc__,
@@ -327,7 +367,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
     p.add_argument("--out", default=None, help="output folder (default: docs/bench)")
     p.add_argument("--tag", default=None, help="output file stem")
+    p.add_argument("--plot-only", metavar="CSV", help="only draw the PNG of an existing CSV")
     args = p.parse_args(argv)
+    if args.plot_only:
+        plot(args.plot_only, os.path.splitext(args.plot_only)[0] + ".png")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     args.shapes = args.shapes or (FULL_SHAPES if args.full else QUICK_SHAPES)
@@ -335,4 +379,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = args.out or os.path.join("docs", "bench")
     tag = args.tag or f"{args.device}_{args.dtype}{'_full' if args.full else ''}"
     write_outputs(rows, out, machine_header(argv), tag)
+    try:
+        plot(os.path.join(out, f"{tag}.csv"), os.path.join(out, f"{tag}.png"))
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
     return 0
