@@ -254,8 +254,9 @@ def run(args) -> list[Row]:
                     competitors["compile"] = compiled
                 for b in backends:
                     competitors[b] = momkernels_fn(b, loss)
-                if device == "cuda" and loss == "ce" and lam == 1.0 and liger_fn() is not None:
-                    competitors["liger"] = liger_fn()
+                liger = liger_fn() if device == "cuda" and loss == "ce" and lam == 1.0 else None
+                if liger is not None:
+                    competitors["liger"] = liger
                 eager_ms: dict[str, float] = {}
                 for name, fn in competitors.items():
                     for mode, step in make_steps(fn, x, t, lam).items():

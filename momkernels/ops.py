@@ -22,6 +22,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .reference import _math_dtype
+
 REBUILD_HINT = (
     "rebuild it against the installed torch with\n"
     "    pip install --no-build-isolation --force-reinstall --no-deps .\n"
@@ -53,10 +55,6 @@ def build_info() -> dict[str, str]:
 
 def has_cuda() -> bool:
     return build_info().get("cuda") == "1"
-
-
-def _math_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 if _load_error is None:
