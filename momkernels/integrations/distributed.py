@@ -1,0 +1,94 @@
+"""MoM / cross-entropy loss with a *global* mean under DistributedDataParallel.
+
+Why: ``reduction="mean"`` divides by the number of valid tokens on *this* rank
+(D_r).  DDP then averages the gradients of the R ranks, so the effective loss is
+(1/R) * sum_r S_r / D_r, where S_r is the rank's summed loss.  When ranks hold
+different numbers of valid tokens (always, with padding, -100 sub-words and
+uneven sentences), that is not the loss of the global batch, S / D with
+S = sum_r S_r, D = sum_r D_r: tokens on a rank with few tokens weigh more.
+
+:func:`global_mean_mom_cross_entropy` returns, on each rank,
+
+    loss_r = S_r * R / D
+
+so that DDP's gradient average gives (1/R) * sum_r grad(S_r) * R / D =
+grad(S) / D -- exactly the single-process gradient of the mean loss over the
+concatenated global batch.  D is the number of valid tokens (``target !=
+ignore_index``), or sum_i w_{y_i} when class weights are given (PyTorch's
+weighted-mean denominator, see SPEC.md), summed over ranks with one
+``all_reduce`` of a detached local count.  (For ``mom_norm="valid"`` the MoM
+mean is sum-reduction / D, so this is the same formula for every ``loss=``.)
+
+Cost: one all_reduce of a scalar per call, i.e. one host synchronisation with
+the other ranks (the collective waits for them).  DDP synchronises at every
+backward anyway, so this adds no real stall, but unlike ``mom_cross_entropy``
+itself this function is not free of device->host syncs under CUDA graphs.
+
+The value returned on a rank is *not* the global loss (it is S_r * R / D); for
+logging the global mean, all_reduce ``loss.detach()`` and divide by R.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..functional import mom_cross_entropy
+
+__all__ = ["global_denominator", "global_mean_mom_cross_entropy", "world_size"]
+
+
+def world_size(group=None) -> int:
+    """Number of ranks in ``group`` (1 when torch.distributed is not initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(group)
+    return 1
+
+
+def global_denominator(target: Tensor, weight: Optional[Tensor] = None, *,
+                       ignore_index: int = -100, group=None) -> Tensor:
+    """D = global number of valid targets (or sum of w_y with class weights),
+    all-reduced (SUM) over ``group``.  Returned detached, float32 (float64 if
+    ``weight`` is float64), on ``target``'s device."""
+    t = target.reshape(-1)
+    valid = t != ignore_index
+    if weight is None:
+        d = valid.sum().to(torch.float32)
+    else:
+        safe = torch.where(valid, t, torch.zeros_like(t)).long()
+        dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        d = (weight.detach().to(dt)[safe] * valid.to(dt)).sum()
+    d = d.detach().clone()
+    if world_size(group) > 1:
+        dist.all_reduce(d, op=dist.ReduceOp.SUM, group=group)
+    return d
+
+
+def global_mean_mom_cross_entropy(input: Tensor, target: Tensor, lam: float = 0.5, *,
+                                  o_index: int = 0, ignore_index: int = -100,
+                                  weight: Optional[Tensor] = None, group=None,
+                                  mom_norm: str = "valid", **kwargs) -> Tensor:
+    """``mom_cross_entropy(..., reduction="mean")`` over the *global* batch of all
+    ranks, scaled for DDP's gradient averaging (see the module docstring):
+    returns ``sum-reduced loss * world_size / D_global``.
+
+    With one process (or no process group) this equals
+    ``mom_cross_entropy(..., reduction="mean")``.  ``lam=1`` gives the global
+    mean cross-entropy / focal / dice loss.  Only ``mom_norm="valid"`` is
+    supported (the paper's ``"rows"`` normalisation has a second denominator).
+    Other keyword arguments (``loss``, ``gamma``, ``backend``, ...) are passed on.
+    """
+    if mom_norm != "valid":
+        raise NotImplementedError(
+            f"global_mean_mom_cross_entropy: mom_norm={mom_norm!r} is not supported, only 'valid'")
+    if kwargs.get("reduction", "mean") != "mean":
+        raise ValueError("global_mean_mom_cross_entropy: reduction is always the global mean; "
+                         f"got reduction={kwargs['reduction']!r}")
+    kwargs.pop("reduction", None)
+    s = mom_cross_entropy(input, target, lam, o_index=o_index, ignore_index=ignore_index,
+                          weight=weight, reduction="sum", mom_norm="valid", **kwargs)
+    d = global_denominator(target, weight, ignore_index=ignore_index, group=group)
+    return s * (world_size(group) / d).to(s.dtype)
