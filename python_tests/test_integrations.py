@@ -1,0 +1,138 @@
+"""momkernels.integrations: transformers Trainer compute_loss_func, use_mom_loss on
+a *ForTokenClassification model, and the global-mean DDP loss with one process."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import momkernels  # noqa: E402
+from momkernels.integrations.distributed import global_mean_mom_cross_entropy  # noqa: E402
+from momkernels.integrations.transformers import (  # noqa: E402
+    mom_compute_loss_func,
+    use_mom_loss,
+)
+
+C = 5
+LAM = 0.175
+
+
+def tiny_model(seed=0):
+    from transformers import BertConfig, BertForTokenClassification
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, num_labels=C, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0,
+                     id2label={i: l for i, l in enumerate(["B-A", "O", "I-A", "B-B", "I-B"])},
+                     label2id={l: i for i, l in enumerate(["B-A", "O", "I-A", "B-B", "I-B"])})
+    return BertForTokenClassification(cfg).eval()
+
+
+def batch(seed=1, B=3, T=9):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 50, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, 6:] = 0
+    labels = torch.randint(0, C, (B, T), generator=g)
+    labels[:, 0] = -100
+    labels[1, 6:] = -100
+    labels[2, 3] = -100
+    labels[0, 1:4] = 1  # plenty of O (= 1 here)
+    return ids, mask, labels
+
+
+def direct(model, ids, mask, labels, reduction="mean", **kw):
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return momkernels.mom_cross_entropy(logits.reshape(-1, C), labels.reshape(-1), LAM,
+                                        o_index=1, reduction=reduction, **kw)
+
+
+def grads(model, loss):
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def assert_same(model_a, loss_a, model_b, loss_b):
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=1e-7)
+    for ga, gb in zip(grads(model_a, loss_a), grads(model_b, loss_b)):
+        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
+
+
+def test_compute_loss_func_mean_and_num_items():
+    m = tiny_model()
+    ids, mask, labels = batch()
+    f = mom_compute_loss_func(lam=LAM, o_index=1)
+    out = m(input_ids=ids, attention_mask=mask)
+    assert_same(m, f(out, labels), m, direct(m, ids, mask, labels))
+    n = torch.tensor(37)  # the Trainer's token count over accumulated micro-batches
+    out = m(input_ids=ids, attention_mask=mask)
+    assert_same(m, f(out, labels, num_items_in_batch=n),
+                m, direct(m, ids, mask, labels, reduction="sum") / 37)
+    # extra kwargs reach mom_cross_entropy
+    ff = mom_compute_loss_func(lam=LAM, o_index=1, loss="focal", gamma=1.5)
+    out = m(input_ids=ids, attention_mask=mask)
+    assert_same(m, ff(out, labels), m, direct(m, ids, mask, labels, loss="focal", gamma=1.5))
+    with pytest.raises(ValueError, match="reduction"):
+        mom_compute_loss_func(reduction="sum")
+
+
+def test_trainer_uses_compute_loss_func(tmp_path):
+    pytest.importorskip("accelerate")
+    from transformers import Trainer, TrainingArguments
+    m = tiny_model()
+    ids, mask, labels = batch()
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True,
+                             per_device_train_batch_size=3)
+    tr = Trainer(model=m, args=args, compute_loss_func=mom_compute_loss_func(lam=LAM, o_index=1))
+    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    loss = tr.compute_loss(m, dict(inputs))
+    ref_model = tiny_model()
+    assert_same(m, loss, ref_model, direct(ref_model, ids, mask, labels))
+    loss = tr.compute_loss(m, dict(inputs), num_items_in_batch=torch.tensor(40))
+    assert_same(m, loss, ref_model, direct(ref_model, ids, mask, labels, reduction="sum") / 40)
+
+
+def test_use_mom_loss_model_forward():
+    m = use_mom_loss(tiny_model())  # o_index from config.label2id["O"] = 1
+    assert m.mom_loss_config["o_index"] == 1
+    ref = tiny_model()
+    ids, mask, labels = batch()
+    out = m(input_ids=ids, attention_mask=mask, labels=labels)
+    assert out.logits.shape == (3, 9, C)
+    assert_same(m, out.loss, ref, direct(ref, ids, mask, labels))
+    # not the model's own CE
+    ce = torch.nn.functional.cross_entropy(out.logits.reshape(-1, C), labels.reshape(-1))
+    assert not torch.allclose(out.loss, ce)
+    # num_items_in_batch (Trainer with model_accepts_loss_kwargs)
+    out = m(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=25)
+    assert_same(m, out.loss, ref, direct(ref, ids, mask, labels, reduction="sum") / 25)
+    # tuple outputs keep the loss first
+    out = m(input_ids=ids, attention_mask=mask, labels=labels, return_dict=False)
+    assert isinstance(out, tuple) and out[0].ndim == 0 and out[1].shape == (3, 9, C)
+    # no labels: no loss; calling again replaces the settings
+    assert m(input_ids=ids, attention_mask=mask).loss is None
+    use_mom_loss(m, lam=1.0, o_index=1)
+    out = m(input_ids=ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(out.loss, ce.detach(), rtol=1e-5, atol=1e-6)
+    # the class is untouched
+    plain = tiny_model()
+    out = plain(input_ids=ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(out.loss, ce.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_global_mean_single_process_equals_mean():
+    torch.manual_seed(0)
+    x = torch.randn(40, C, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, C, (40,))
+    y[::7] = -100
+    w = torch.rand(C, dtype=torch.float64) + 0.5
+    for kw in ({}, {"weight": w}, {"loss": "focal"}):
+        a = global_mean_mom_cross_entropy(x, y, 0.3, o_index=2, **kw)
+        b = momkernels.mom_cross_entropy(x, y, 0.3, o_index=2, **kw)
+        ga, = torch.autograd.grad(a, x)
+        gb, = torch.autograd.grad(b, x)
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(ga, gb)
+    with pytest.raises(NotImplementedError, match="rows"):
+        global_mean_mom_cross_entropy(x, y, 0.3, mom_norm="rows")
