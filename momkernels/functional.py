@@ -158,6 +158,8 @@ def _check_options(lam, o_index, ignore_index, loss, gamma, dice_alpha, dice_smo
     for name, v in (("o_index", o_index), ("ignore_index", ignore_index)):
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"{name} must be an int; got {v!r}")
+        if not -2**63 <= v < 2**63:
+            raise ValueError(f"{name} must fit in int64; got {v}")
     if o_index == ignore_index:
         raise ValueError(f"o_index must differ from ignore_index; both are {o_index}")
     if loss not in LOSSES:
@@ -233,7 +235,7 @@ def check_target_range(target: Tensor, C: int, ignore_index: int) -> None:
 
     Reads the targets, so it synchronises with the device: opt-in only.
     """
-    bad = (target != ignore_index) & ((target < 0) | (target >= C))
+    bad = reference.valid_rows(target, ignore_index) & ((target < 0) | (target >= C))
     if bool(bad.any()):
         first = int(target[bad].reshape(-1)[0])
         raise IndexError(f"Target {first} is out of bounds: targets must be in [0, {C}) "
@@ -330,8 +332,9 @@ def cross_entropy(
     """
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int; got {ignore_index!r}")
-    # o_index only matters for lam < 1; pick one that cannot collide.
-    o_index = ignore_index - 1 if ignore_index < 0 else -1
+    # o_index only matters for lam < 1; pick one that cannot collide (and that
+    # fits in int64 whatever ignore_index is).
+    o_index = -1 if ignore_index != -1 else -2
     _check_options(1.0, o_index, ignore_index, "ce", 2.0, 1.0, 0.01, label_smoothing, reduction,
                    "valid", backend)
     return _loss(input, target, weight, 1.0, o_index, ignore_index, "ce", 2.0, 1.0, 0.01,

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["mom_cross_entropy", "cross_entropy", "per_row_loss", "as_rows"]
+__all__ = ["mom_cross_entropy", "cross_entropy", "per_row_loss", "as_rows", "valid_rows"]
 
 
 def as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -42,6 +42,20 @@ def as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         input = input.movedim(1, -1)
     C = input.shape[-1]
     return input.reshape(-1, C), target.reshape(-1)
+
+
+def valid_rows(target: Tensor, ignore_index: int) -> Tensor:
+    """``target != ignore_index``, exactly.
+
+    Comparing an int32 tensor with a Python int outside the int32 range wraps
+    the int (``int32 != 2**32`` compares with 0): such an ``ignore_index``
+    cannot equal any int32 target, so every row is valid (as in the kernels,
+    which compare in 64 bits).
+    """
+    info = torch.iinfo(target.dtype)
+    if not info.min <= ignore_index <= info.max:
+        return torch.ones_like(target, dtype=torch.bool)
+    return target != ignore_index
 
 
 def _math_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -78,8 +92,13 @@ def per_row_loss(
     each row's target (0 on ignored rows), valid the boolean mask of valid rows.
     """
     C = x.shape[-1]
-    valid = target != ignore_index
+    valid = valid_rows(target, ignore_index)
     safe_t = torch.where(valid, target, torch.zeros_like(target)).long()
+    # Ignored rows are computed on zero logits: a NaN or +inf logit in an
+    # ignored row would otherwise come back as a NaN gradient through
+    # log_softmax's backward (g - exp(out) * sum(g) with g = 0, out = NaN),
+    # where SPEC.md gives ignored rows an exactly zero gradient.
+    x = torch.where(valid.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
     logp = torch.log_softmax(x, dim=-1)
     # Ignored rows use lp = 0 (p = 1): their loss is masked to 0 below, and this
     # keeps e.g. focal's (1 - p)^g * lp at a -inf logit from back-propagating

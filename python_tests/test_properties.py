@@ -3,9 +3,11 @@ from conftest.py via HYPOTHESIS_PROFILE), and determinism of the C++ kernels."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import momkernels
@@ -58,6 +60,99 @@ def test_matches_reference_property(backend, problem):
     if kw["reduction"] == "none":
         upstream = (torch.rand(N, generator=gen, dtype=torch.float64) + 0.5).to(dtype)
     check_against_oracle(x, t, upstream=upstream, backend=backend, weight=w, **kw)
+
+
+# ------------------------------------------------------------- large C
+
+# Class counts at the kernels' block boundaries (CPU tile/row paths, Triton's
+# tile <= 128 and 8192-wide row chunks, CUDA's 32-lane groups and chunked rows)
+# and the vocabularies of real models, plus uniform draws over 1 ... 70001.
+BOUNDARY_C = [1, 2, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1023, 1024, 1025,
+              2047, 2048, 2049, 4095, 4096, 4097, 8191, 8192, 8193, 16384, 16385, 32000,
+              32003, 50257, 65536, 70001]
+# The Triton interpreter costs ~0.1-0.25 s per fwd+bwd at N = 4 and C <= 16385:
+# it gets the boundaries up to two 8192-wide chunks, and fewer examples.
+TRITON_MAX_C = 16385
+
+
+@st.composite
+def large_c_problems(draw, max_c=70001):
+    """Few rows (N = 0 ... 4, or one (C,) row with a 0-dim target), any C in
+    1 ... max_c: every SPEC option, both target dtypes, 0 / 50 / 100 % ignored."""
+    C = draw(st.sampled_from([c for c in BOUNDARY_C if c <= max_c]) | st.integers(1, max_c))
+    one_d = draw(st.booleans()) if draw(st.integers(0, 4)) == 0 else False
+    N = 1 if one_d else draw(st.integers(0, 4))
+    dtype = draw(st.sampled_from(DTYPES))
+    loss = draw(st.sampled_from(["ce", "focal", "dice"]))
+    kw = dict(
+        lam=draw(st.sampled_from([0.0, 0.175, 1.0]) | st.floats(0.0, 1.0)),
+        o_index=draw(st.sampled_from([0, C - 1]) | st.integers(0, C - 1)),
+        loss=loss,
+        reduction=draw(st.sampled_from(["mean", "sum", "none"])),
+        mom_norm=draw(st.sampled_from(["valid", "rows"])),
+    )
+    if loss == "ce":
+        kw["label_smoothing"] = draw(st.sampled_from([0.0, 0.0, 0.1, 1.0]) | st.floats(0, 1))
+    elif loss == "focal":
+        kw["gamma"] = draw(st.sampled_from([1.0, 2.0]) | st.floats(1.0, 5.0))
+    else:
+        kw["dice_alpha"] = draw(st.sampled_from([1.0]) | st.floats(1.0, 3.0))
+        kw["dice_smooth"] = draw(st.sampled_from([0.01, 1.0]) | st.floats(1e-3, 2.0))
+    kw["ignore_index"] = draw(st.sampled_from([-100, -1, C]))
+    ignore_frac = draw(st.sampled_from([0.0, 0.5, 1.0]))
+    kind = draw(st.sampled_from(["random", "ner"]))
+    layouts = ["contig", "colslice"] if one_d else ["contig", "transposed", "colslice",
+                                                    "rowslice", "expand"]
+    layout = draw(st.sampled_from(layouts))
+    target_dtype = draw(st.sampled_from([torch.int64, torch.int32]))
+    strided_target = draw(st.booleans())
+    use_weight = draw(st.booleans())
+    scale = draw(st.sampled_from([0.1, 1.0, 4.0, 20.0]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    shape = (C,) if one_d else (N, C)
+    return (shape, dtype, kw, ignore_frac, kind, layout, target_dtype, strided_target,
+            use_weight, scale, seed)
+
+
+def _check_large_c(backend, problem):
+    (shape, dtype, kw, ignore_frac, kind, layout, target_dtype, strided_target, use_weight,
+     scale, seed) = problem
+    C = shape[-1]
+    tshape = () if len(shape) == 1 else (shape[0],)
+    gen = torch.Generator().manual_seed(seed)
+    x = make_logits(shape, dtype, gen=gen, scale=scale, layout=layout)
+    t = make_targets(tshape, C, gen=gen, kind=kind, o_index=kw["o_index"],
+                     ignore_index=kw["ignore_index"], ignore_frac=ignore_frac,
+                     dtype=target_dtype, strided=strided_target)
+    w = make_weight(C, dtype, gen=gen) if use_weight else None
+    upstream = None
+    if kw["reduction"] == "none":
+        upstream = (torch.rand(tshape, generator=gen, dtype=torch.float64) + 0.5).to(dtype)
+    check_against_oracle(x, t, upstream=upstream, backend=backend, weight=w, **kw)
+
+
+_LONG = os.environ.get("HYPOTHESIS_PROFILE", "ci") == "long"
+# CI: 30 examples per backend (rows of up to 70001 classes cost ~10-30 ms each
+# in the float64 oracle); "long": the profile's 2000.
+_CI_CAP = {} if _LONG else {"max_examples": 30}
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b not in INTERPRETED])
+@settings(**_CI_CAP)
+@given(problem=large_c_problems())
+def test_matches_reference_property_large_c(backend, problem):
+    """C drawn over 1 ... 70001 (block boundaries and uniform), N = 0 ... 4 or a
+    (C,) input: values and gradients against the float64 oracle."""
+    _check_large_c(backend, problem)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend not available")
+@settings(max_examples=300 if _LONG else 8)
+@given(problem=large_c_problems(max_c=TRITON_MAX_C))
+def test_matches_reference_property_large_c_triton(problem):
+    """The same for Triton (under the interpreter on CPU: C <= 16385, fewer
+    examples; float64 logits are routed to another backend by design)."""
+    _check_large_c("triton", problem)
 
 
 # ------------------------------------------------------------- determinism

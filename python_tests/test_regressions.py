@@ -46,3 +46,38 @@ def test_recycled_gradient_buffers_are_fully_written():
     for _ in range(3):
         momkernels.mom_cross_entropy(x, t2, 0.3, backend="cpp").backward()
     torch.testing.assert_close(x.grad, 3 * g_live)
+
+
+def test_torch_backend_ignored_row_with_nan_logits_has_zero_gradient():
+    # reference.py (backend "torch") gave a NaN gradient row to an ignored row
+    # holding a NaN or +inf logit (log_softmax's backward of a NaN row), where
+    # SPEC.md says ignored rows get exactly zero gradient (cpp/triton did).
+    x = torch.tensor([[0.5, float("nan"), 2.0], [0.1, 0.2, 0.3], [float("inf"), 0.0, 1.0]],
+                     requires_grad=True)
+    t = torch.tensor([-100, 1, -100])
+    loss = momkernels.mom_cross_entropy(x, t, 0.5, label_smoothing=0.1, backend="torch")
+    (g,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(loss) and bool((g[[0, 2]] == 0).all()) and bool(torch.isfinite(g).all())
+
+
+def test_torch_backend_int32_target_ignore_index_does_not_wrap():
+    # reference.py compared int32 targets with ignore_index = 2**32 as if it
+    # were 0 (PyTorch wraps the scalar to int32): class-0 rows were ignored.
+    x = torch.randn(3, 4)
+    t = torch.tensor([0, 1, 2], dtype=torch.int32)
+    got = momkernels.mom_cross_entropy(x, t, ignore_index=2**32, reduction="none",
+                                       backend="torch")
+    want = momkernels.mom_cross_entropy(x, t.long(), reduction="none", backend="torch")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_cross_entropy_ignore_index_int64_min():
+    # cross_entropy picked o_index = ignore_index - 1, which overflows int64 for
+    # ignore_index = -2**63 (RuntimeError from the operator schema).
+    x = torch.randn(3, 4)
+    t = torch.tensor([0, 1, 2])
+    for backend in momkernels.available_backends("cpu"):
+        if backend == "triton":
+            continue
+        got = momkernels.cross_entropy(x, t, ignore_index=-2**63, backend=backend)
+        torch.testing.assert_close(got, F.cross_entropy(x, t, ignore_index=-2**63))
