@@ -71,11 +71,11 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-if str(REPO) not in sys.path and not any(
-        Path(p or ".").resolve() == REPO for p in sys.path):
+try:  # the installed momkernels (tools/bootstrap.sh), else the source tree
+    import momkernels
+except ImportError:
     sys.path.insert(0, str(REPO))
-
-import momkernels  # noqa: E402
+    import momkernels
 from momkernels.integrations.distributed import (  # noqa: E402
     global_denominator,
     global_mean_mom_cross_entropy,
