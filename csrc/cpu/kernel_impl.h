@@ -326,6 +326,29 @@ inline void load_cols(const Common& c, int64_t i0, int64_t nr, acc_t* cols) {
   }
 }
 
+// The inverse of load_cols for a contiguous (rows, C) output: out[l * C + j] =
+// cols[j * V + l] for the first nr rows.  AVX-512 scatters one class column
+// per instruction; elsewhere a scalar transpose.
+template <typename acc_t, int64_t V>
+inline void store_rows(const acc_t* cols, int64_t C, int64_t nr, acc_t* out) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<acc_t, float> && V == 16) {
+    if (nr == V) {
+      const __m512i idx = _mm512_mullo_epi32(
+          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+          _mm512_set1_epi32(int32_t(C)));
+      for (int64_t j = 0; j < C; ++j)
+        _mm512_i32scatter_ps(out + j, idx, _mm512_load_ps(cols + j * V), sizeof(float));
+      return;
+    }
+  }
+#endif
+  for (int64_t l = 0; l < nr; ++l) {
+    acc_t* row = out + l * C;
+    for (int64_t j = 0; j < C; ++j) row[j] = cols[j * V + l];
+  }
+}
+
 // Per-lane facts of a group of rows, gathered with integer logic and no
 // data-dependent branches; padding lanes (beyond the block) are invalid.
 template <typename acc_t, int64_t V>
@@ -455,11 +478,8 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
           g = Vec::blendv(zero, g, live);
           g.store(ecols + j * V);
         }
-        acc_t* gout = static_cast<acc_t*>(a.gfused);
-        for (int64_t l = 0; l < nr; ++l) {
-          acc_t* grow = gout + (i0 + l) * C;
-          for (int64_t j = 0; j < C; ++j) grow[j] = ecols[j * V + l];
-        }
+        acc_t* gout = static_cast<acc_t*>(a.gfused) + i0 * C;
+        store_rows<acc_t, V>(ecols, C, nr, gout);
       }
     }
     ell = Vec::blendv(zero, ell, valid);

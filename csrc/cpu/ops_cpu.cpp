@@ -241,7 +241,15 @@ FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
   const Reduced<double> r =
       reduce_loss<double>(s_valid, s_o, denom, double(a.c.N), lam, red, norm);
   if (acc == at::kDouble) write_coef<double>(coef, r.a, r.b); else write_coef<float>(coef, r.a, r.b);
-  if (red != Reduction::NONE) out.fill_(r.loss);
+  if (red != Reduction::NONE) {  // a 0-dim output: written directly, no fill_ dispatch
+    switch (input.scalar_type()) {
+      case at::kFloat: *out.data_ptr<float>() = float(r.loss); break;
+      case at::kDouble: *out.data_ptr<double>() = r.loss; break;
+      case at::kHalf: *out.data_ptr<at::Half>() = at::Half(float(r.loss)); break;
+      case at::kBFloat16: *out.data_ptr<at::BFloat16>() = at::BFloat16(float(r.loss)); break;
+      default: out.fill_(r.loss);
+    }
+  }
   FwdResult res{out, stats, coef, grad, at::Tensor()};
   if (fuse) {
     double gscale = 1.0;
