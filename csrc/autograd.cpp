@@ -8,7 +8,9 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <string>
+#include <tuple>
 
 namespace momkernels {
 namespace {
@@ -22,6 +24,40 @@ using FwdFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
 using BwdFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                          const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
                          int64_t, int64_t, c10::string_view, double, double, double, double);
+
+using FusedFwdFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, int64_t,
+    int64_t, c10::string_view, double, double, double, double, c10::string_view, c10::string_view);
+using FusedBwdFn = void(at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                        int64_t);
+
+const c10::TypedOperatorHandle<FusedFwdFn>& fused_fwd_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("momkernels::mom_loss_fwd_fused", "")
+                             .typed<FusedFwdFn>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<FusedBwdFn>& fused_bwd_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("momkernels::mom_loss_bwd_fused_", "")
+                             .typed<FusedBwdFn>();
+  return op;
+}
+
+// Small C on the CPU: the forward kernel also computes the gradient (for a
+// unit upstream gradient), and the backward only scales it in place.  At the
+// NER shape (8192 x 9) this replaces a second pass that re-reads the logits,
+// re-transposes them and recomputes every exp with one multiply.  Float and
+// double only (see kernel_impl.h); MOMKERNELS_FUSED=0 turns it off.
+bool use_fused(const at::Tensor& input) {
+  static const bool enabled = [] {
+    const char* env = std::getenv("MOMKERNELS_FUSED");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  return enabled && input.device().is_cpu() && input.dim() == 2 && input.size(1) <= 64 &&
+         (input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble);
+}
 
 const c10::TypedOperatorHandle<FwdFn>& fwd_op() {
   static const auto op = c10::Dispatcher::singleton()
@@ -46,9 +82,26 @@ class MoMLoss : public torch::autograd::Function<MoMLoss> {
                                double dice_smooth, double label_smoothing,
                                const std::string& reduction, const std::string& mom_norm) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, stats, coef] =
-        fwd_op().call(input, target, weight, lam, o_index, ignore_index, loss, gamma, dice_alpha,
-                      dice_smooth, label_smoothing, reduction, mom_norm);
+    at::Tensor out, stats, coef;
+    if (use_fused(input)) {
+      at::Tensor grad_fused, gscale;
+      std::tie(out, stats, coef, grad_fused, gscale) =
+          fused_fwd_op().call(input, target, weight, lam, o_index, ignore_index, loss, gamma,
+                              dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm);
+      // kept in saved_data, not save_for_backward: the backward scales it in
+      // place and hands it on as the gradient (so no version check), then
+      // drops it; a second backward (retain_graph) recomputes from the logits
+      ctx->saved_data["grad_fused"] = grad_fused;
+      ctx->saved_data["gscale"] = gscale;
+      ctx->saved_data["fused"] = true;
+      ctx->saved_data["lam"] = lam;
+      ctx->saved_data["reduction"] = reduction;
+      ctx->saved_data["mom_norm"] = mom_norm;
+    } else {
+      std::tie(out, stats, coef) =
+          fwd_op().call(input, target, weight, lam, o_index, ignore_index, loss, gamma,
+                        dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm);
+    }
     // The logits are saved as they are (no copy): the backward recomputes the
     // softmax from them and the per-row (max, log-normaliser) stats.
     ctx->save_for_backward({input, target, weight.value_or(at::Tensor()), stats, coef});
@@ -72,7 +125,30 @@ class MoMLoss : public torch::autograd::Function<MoMLoss> {
     if (!grads[0].defined() || !ctx->needs_input_grad(0)) return result;
     std::optional<at::Tensor> weight;
     if (saved[2].defined()) weight = saved[2];
-    const auto& d = ctx->saved_data;
+    auto& d = ctx->saved_data;
+    if (d.count("fused")) {
+      auto it = d.find("grad_fused");
+      at::Tensor g;
+      if (it->second.isTensor()) {
+        g = it->second.toTensor();
+        it->second = c10::IValue();  // used once: the gradient now owns it
+      } else {
+        // a second backward through the same graph (retain_graph=True): the
+        // first one consumed the buffer, so recompute it with the same
+        // kernel -- bitwise the same gradient as the first call
+        at::AutoDispatchBelowADInplaceOrView guard;
+        g = std::get<3>(fused_fwd_op().call(
+            input, saved[1], weight, d.at("lam").toDouble(), d.at("o_index").toInt(),
+            d.at("ignore_index").toInt(), d.at("loss").toStringRef(), d.at("gamma").toDouble(),
+            d.at("dice_alpha").toDouble(), d.at("dice_smooth").toDouble(),
+            d.at("label_smoothing").toDouble(), d.at("reduction").toStringRef(),
+            d.at("mom_norm").toStringRef()));
+      }
+      fused_bwd_op().call(g, grads[0], saved[1], d.at("gscale").toTensor(),
+                          d.at("ignore_index").toInt());
+      result[0] = std::move(g);
+      return result;
+    }
     result[0] = bwd_op().call(grads[0], input, saved[1], weight, saved[3], saved[4],
                               d.at("o_index").toInt(), d.at("ignore_index").toInt(),
                               d.at("loss").toStringRef(), d.at("gamma").toDouble(),

@@ -22,6 +22,8 @@
 // gradient is (eps/C) * (W p_j - w_j) with W = sum_c w_c; see `smoothing_*`.
 #pragma once
 
+#include <cfloat>
+
 #include <cmath>
 #include <cstdint>
 
@@ -109,7 +111,12 @@ MOMK_HD RowLoss<acc_t> row_loss(acc_t lp, const LossOptions& o) {
   r.value = acc_t(1) - (acc_t(2) * a + d) / den;
   // dl/da = -(2 + d) / den^2 ;  da/dp = q^al - al * p * q^(al-1)
   // q^(al-1) only multiplies gradients that vanish with q, so at q == 0 it is 0.
-  const acc_t qa1 = q > acc_t(0) ? m_pow(q, al - acc_t(1)) : (al == acc_t(1) ? acc_t(1) : acc_t(0));
+  // Its base is clamped to the smallest normal number: for al < 1 a subnormal q
+  // would overflow q^(al-1) to inf (and the gradient to inf * 0 = NaN), while
+  // h * (p_j - [j == y]) ~ q^al stays finite (docs/SEMANTICS.md, S9).
+  const acc_t qmin = sizeof(acc_t) == sizeof(float) ? acc_t(FLT_MIN) : acc_t(DBL_MIN);
+  const acc_t qa1 = q > acc_t(0) ? m_pow(q > qmin ? q : qmin, al - acc_t(1))
+                                 : (al == acc_t(1) ? acc_t(1) : acc_t(0));
   const acc_t da_dp = qa - al * p * qa1;
   r.h = p * (acc_t(2) + d) / (den * den) * da_dp;
   return r;

@@ -8,7 +8,10 @@ csrc/cuda/).  This module adds what the dispatcher needs from Python:
   ``torch.library.opcheck`` can trace the ops without running them;
 The autograd formula is registered in C++ (csrc/autograd.cpp): the backward
 of ``mom_loss_fwd`` is the second operator, ``mom_loss_bwd``, and no Python
-runs in a training step beyond the call itself.
+runs in a training step beyond the call itself.  For small C on the CPU
+(float / double) the Autograd kernel calls ``mom_loss_fwd_fused`` instead,
+which also returns the gradient for a unit upstream gradient, and the
+backward is the in-place ``mom_loss_bwd_fused_`` (one multiply).
 
 If the extension cannot be loaded (not built, or built against another torch),
 ``load_error()`` says why and how to rebuild; the ``"cpp"`` backend is then
@@ -69,6 +72,19 @@ if _load_error is None:
         acc = _math_dtype(input.dtype)
         out = input.new_empty((n,) if reduction == "none" else ())
         return out, input.new_empty((n, 2), dtype=acc), input.new_empty((2,), dtype=acc)
+
+    @torch.library.register_fake("momkernels::mom_loss_fwd_fused")
+    def _mom_loss_fwd_fused_fake(input, target, weight, lam, o_index, ignore_index, loss, gamma,
+                                 dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm):
+        out, stats, coef = _mom_loss_fwd_fake(input, target, weight, lam, o_index, ignore_index,
+                                              loss, gamma, dice_alpha, dice_smooth,
+                                              label_smoothing, reduction, mom_norm)
+        grad = torch.empty(input.shape, dtype=input.dtype, device=input.device)
+        return out, stats, coef, grad, input.new_empty((1,), dtype=_math_dtype(input.dtype))
+
+    @torch.library.register_fake("momkernels::mom_loss_bwd_fused_")
+    def _mom_loss_bwd_fused_fake(grad_fused, grad, target, gscale, ignore_index):
+        return None
 
     @torch.library.register_fake("momkernels::mom_loss_bwd")
     def _mom_loss_bwd_fake(grad, input, target, weight, stats, coef, o_index, ignore_index, loss,

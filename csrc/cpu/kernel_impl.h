@@ -326,6 +326,29 @@ inline void load_cols(const Common& c, int64_t i0, int64_t nr, acc_t* cols) {
   }
 }
 
+// The inverse of load_cols for a contiguous (rows, C) output: out[l * C + j] =
+// cols[j * V + l] for the first nr rows.  AVX-512 scatters one class column
+// per instruction; elsewhere a scalar transpose.
+template <typename acc_t, int64_t V>
+inline void store_rows(const acc_t* cols, int64_t C, int64_t nr, acc_t* out) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<acc_t, float> && V == 16) {
+    if (nr == V) {
+      const __m512i idx = _mm512_mullo_epi32(
+          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+          _mm512_set1_epi32(int32_t(C)));
+      for (int64_t j = 0; j < C; ++j)
+        _mm512_i32scatter_ps(out + j, idx, _mm512_load_ps(cols + j * V), sizeof(float));
+      return;
+    }
+  }
+#endif
+  for (int64_t l = 0; l < nr; ++l) {
+    acc_t* row = out + l * C;
+    for (int64_t j = 0; j < C; ++j) row[j] = cols[j * V + l];
+  }
+}
+
 // Per-lane facts of a group of rows, gathered with integer logic and no
 // data-dependent branches; padding lanes (beyond the block) are invalid.
 template <typename acc_t, int64_t V>
@@ -376,9 +399,16 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
   const bool is_ce = c.opt.kind == LossKind::CE;
   const acc_t eps = acc_t(c.opt.label_smoothing);
   alignas(64) acc_t cols[kTileMaxC * V];
-  alignas(64) acc_t m_l[V], logs_l[V], ell_l[V], wdev_l[V];
+  alignas(64) acc_t m_l[V], logs_l[V], ell_l[V], wdev_l[V], h_l[V];
   Lanes<acc_t, V> L;
   const Vec one(1), zero(0);
+  // fused gradient: only for float / double logits (the gradient is written
+  // in the logits dtype and later scaled: a half-precision one would be
+  // rounded twice)
+  constexpr bool kCanFuse = std::is_same_v<scalar_t, acc_t>;
+  const bool fused = kCanFuse && a.gfused != nullptr;
+  alignas(64) acc_t ecols[kCanFuse ? kTileMaxC * V : 1];
+  const Vec rel_a(acc_t(a.rel_a)), rel_ab(acc_t(a.rel_a + a.rel_b));
   // block sums kept in vector lanes (each lane adds block_rows / V rows), then
   // added in double at the end: fixed order, so deterministic
   Vec acc_valid(0), acc_o(0), acc_den(0);
@@ -392,6 +422,7 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
     Vec ties(0), rest(0), wdev(0);
     for (int64_t j = 0; j < C; ++j) {
       const Vec e = bulk_exp(Vec::loadu(cols + j * V) - m);
+      if (fused) e.store(ecols + j * V);
       const Vec tie = (e == one);
       rest += Vec::blendv(e, zero, tie);
       ties += (tie & one);
@@ -417,11 +448,39 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
       m.store(m_l);
       logs.store(logs_l);
       for (int64_t l = 0; l < V; ++l) {
-        ell_l[l] = L.valid[l] != acc_t(0)
-                       ? L.wy[l] * row_loss<acc_t>((L.xy[l] - m_l[l]) - logs_l[l], c.opt).value
-                       : acc_t(0);
+        const auto rl = row_loss<acc_t>((L.xy[l] - m_l[l]) - logs_l[l], c.opt);
+        ell_l[l] = L.valid[l] != acc_t(0) ? L.wy[l] * rl.value : acc_t(0);
+        h_l[l] = L.valid[l] != acc_t(0) ? rl.h : acc_t(0);
       }
       ell = Vec::loadu(ell_l);
+    }
+    if constexpr (kCanFuse) {
+      if (fused) {
+        // the backward of this group, with the row's relative coefficient as
+        // its scale (see backward_tile for the formulas); p_j = e_j / Z
+        const Vec scale = Vec::blendv(zero, Vec::blendv(rel_a, rel_ab, is_o), valid);
+        const Vec live = Vec::blendv(zero, one, scale != zero) == one;
+        const Vec lp = (xy - m) - logs;
+        const Vec h = is_ce ? one : Vec::loadu(h_l);
+        const Vec A = scale * Vec(acc_t(1) - eps) * wy * h;
+        const Vec S = scale * Vec(eps / acc_t(C));
+        const Vec Bs = S * Vec(acc_t(c.W));
+        const Vec P = (A + Bs) / (ties + rest);
+        Vec gy = A * lp.expm1();
+        if (smooth) gy = gy + Bs * lp.exp() - S * wy;
+        alignas(64) acc_t yf_l[V];
+        for (int64_t l = 0; l < V; ++l) yf_l[l] = acc_t(L.y[l]);
+        const Vec yv = Vec::loadu(yf_l);
+        for (int64_t j = 0; j < C; ++j) {
+          Vec g = P * Vec::loadu(ecols + j * V);
+          if (smooth) g = g - S * Vec(w ? w[j] : acc_t(1));
+          g = Vec::blendv(g, gy, yv == Vec(acc_t(j)));
+          g = Vec::blendv(zero, g, live);
+          g.store(ecols + j * V);
+        }
+        acc_t* gout = static_cast<acc_t*>(a.gfused) + i0 * C;
+        store_rows<acc_t, V>(ecols, C, nr, gout);
+      }
     }
     ell = Vec::blendv(zero, ell, valid);
     acc_valid += ell;

@@ -4,12 +4,16 @@
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/accumulate.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/ones.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -155,11 +159,36 @@ void write_coef(at::Tensor& coef, double a, double b) {
   p[1] = acc_t(b);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_cpu(
-    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    double lam, int64_t o_index, int64_t ignore_index, c10::string_view loss, double gamma,
-    double dice_alpha, double dice_smooth, double label_smoothing, c10::string_view reduction,
-    c10::string_view mom_norm) {
+// Relative row coefficients (rel_a, rel_b) and the global factor such that
+// the row coefficient of the reduction is (rel_a + rel_b [y == o]) * global,
+// with rel_* known before the kernel runs; false when the reduction does not
+// factor so (mean with mom_norm 'rows' and 0 < lam < 1: two denominators).
+bool factor_coefficients(double lam, Reduction red, MoMNorm norm, double& rel_a, double& rel_b) {
+  rel_a = lam != 0.0 ? lam : 0.0;
+  rel_b = lam != 1.0 ? 1.0 - lam : 0.0;
+  if (red != Reduction::MEAN || norm == MoMNorm::VALID) return true;
+  if (lam == 1.0) return true;                  // a = 1 / D, b = 0
+  if (lam == 0.0) { rel_b = 1.0; return true; }  // a = 0, b = 1 / N
+  return false;
+}
+
+// The global factor of factor_coefficients: 1 for sum / none, 1 / D for mean
+// (1 / N for mean with mom_norm 'rows' and lam = 0).
+double global_factor(Reduction red, MoMNorm norm, double lam, double denom, double rows) {
+  if (red != Reduction::MEAN) return 1.0;
+  if (norm == MoMNorm::ROWS && lam == 0.0) return 1.0 / rows;
+  return 1.0 / denom;
+}
+
+struct FwdResult {
+  at::Tensor out, stats, coef, grad, gscale;
+};
+
+FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
+                            const std::optional<at::Tensor>& weight, double lam, int64_t o_index,
+                            int64_t ignore_index, c10::string_view loss, double gamma,
+                            double dice_alpha, double dice_smooth, double label_smoothing,
+                            c10::string_view reduction, c10::string_view mom_norm, bool fuse) {
   check_op_inputs(input, target, weight);
   TORCH_CHECK_VALUE(lam >= 0 && lam <= 1, "momkernels: lam must be in [0, 1]; got ", lam);
   const LossOptions opt = make_options(loss, gamma, dice_alpha, dice_smooth, label_smoothing);
@@ -180,6 +209,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_cpu(
   a.none_b = 1.0 - lam;
   a.partials = partials.data();
   a.bad_row = bad.data();
+  // The gradient is computed inside the forward kernel when it can be: tile
+  // path, float / double logits, a reduction that factors (see above).
+  at::Tensor grad;
+  double rel_a = 0, rel_b = 0;
+  const bool factors = factor_coefficients(lam, red, norm, rel_a, rel_b);
+  const bool inline_grad = fuse && factors && a.c.C <= kTileMaxC &&
+                           (input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble);
+  if (fuse) grad = GradBufferCache::instance().empty({a.c.N, a.c.C}, input.options());
+  if (inline_grad) {
+    a.gfused = grad.data_ptr();
+    a.rel_a = rel_a;
+    a.rel_b = rel_b;
+  }
   const KernelTable& k = kernels_for_this_cpu();
   at::parallel_for(0, nb, task_grain(a.c), [&](int64_t b0, int64_t b1) { k.forward(a, b0, b1); });
 
@@ -199,8 +241,122 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_cpu(
   const Reduced<double> r =
       reduce_loss<double>(s_valid, s_o, denom, double(a.c.N), lam, red, norm);
   if (acc == at::kDouble) write_coef<double>(coef, r.a, r.b); else write_coef<float>(coef, r.a, r.b);
-  if (red != Reduction::NONE) out.fill_(r.loss);
-  return {out, stats, coef};
+  if (red != Reduction::NONE) {  // a 0-dim output: written directly, no fill_ dispatch
+    switch (input.scalar_type()) {
+      case at::kFloat: *out.data_ptr<float>() = float(r.loss); break;
+      case at::kDouble: *out.data_ptr<double>() = r.loss; break;
+      case at::kHalf: *out.data_ptr<at::Half>() = at::Half(float(r.loss)); break;
+      case at::kBFloat16: *out.data_ptr<at::BFloat16>() = at::BFloat16(float(r.loss)); break;
+      default: out.fill_(r.loss);
+    }
+  }
+  FwdResult res{out, stats, coef, grad, at::Tensor()};
+  if (fuse) {
+    double gscale = 1.0;
+    if (inline_grad) {
+      gscale = global_factor(red, norm, lam, denom, double(a.c.N));
+    } else {
+      // the backward kernel with a unit upstream gradient and the real
+      // coefficients; the global factor is then 1
+      BwdArgs b{};
+      b.c = a.c;
+      b.c.stats = stats.data_ptr();
+      const at::Tensor one = at::ones({}, input.options().dtype(acc));
+      b.grad = one.data_ptr();
+      b.grad_per_row = false;
+      b.a = r.a;
+      b.b = r.b;
+      b.grad_in = grad.data_ptr();
+      at::parallel_for(0, nb, task_grain(a.c), [&](int64_t b0, int64_t b1) { k.backward(b, b0, b1); });
+    }
+    res.gscale = at::empty({1}, input.options().dtype(acc));
+    if (acc == at::kDouble) res.gscale.data_ptr<double>()[0] = gscale;
+    else res.gscale.data_ptr<float>()[0] = float(gscale);
+  }
+  return res;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_cpu(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    double lam, int64_t o_index, int64_t ignore_index, c10::string_view loss, double gamma,
+    double dice_alpha, double dice_smooth, double label_smoothing, c10::string_view reduction,
+    c10::string_view mom_norm) {
+  FwdResult r = mom_loss_fwd_impl(input, target, weight, lam, o_index, ignore_index, loss, gamma,
+                                  dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm,
+                                  /*fuse=*/false);
+  return {r.out, r.stats, r.coef};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_fused_cpu(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    double lam, int64_t o_index, int64_t ignore_index, c10::string_view loss, double gamma,
+    double dice_alpha, double dice_smooth, double label_smoothing, c10::string_view reduction,
+    c10::string_view mom_norm) {
+  FwdResult r = mom_loss_fwd_impl(input, target, weight, lam, o_index, ignore_index, loss, gamma,
+                                  dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm,
+                                  /*fuse=*/true);
+  return {r.out, r.stats, r.coef, r.grad, r.gscale};
+}
+
+// grad_fused (N, C) *= upstream * gscale per row, in place; rows whose target
+// is ignore_index (or out of range) become exactly 0, as in mom_loss_bwd.
+template <typename acc_t>
+void scale_fused_grad(at::Tensor& G, const at::Tensor& grad, const at::Tensor& target,
+                      acc_t gscale, int64_t ignore_index) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  const int64_t N = G.size(0), C = G.size(1);
+  acc_t* g = G.data_ptr<acc_t>();
+  const at::Tensor up = grad.to(G.scalar_type()).contiguous();
+  const acc_t* u = up.const_data_ptr<acc_t>();
+  const bool per_row = grad.dim() == 1;
+  const acc_t s0 = u[0] * gscale;
+  if (!per_row && s0 != acc_t(0) && std::isfinite(s0)) {
+    // ignored rows hold exact zeros already: one flat multiply
+    at::parallel_for(0, N * C, 1 << 16, [&](int64_t e0, int64_t e1) {
+      at::vec::map([s0](Vec v) { return v * Vec(s0); }, g + e0, g + e0, e1 - e0);
+    });
+    return;
+  }
+  const bool t32 = target.scalar_type() == at::kInt;
+  const int64_t sT = target.stride(0);
+  const void* tp = target.data_ptr();
+  at::parallel_for(0, N, std::max<int64_t>(1, 65536 / std::max<int64_t>(C, 1)),
+                   [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const int64_t y = t32 ? int64_t(static_cast<const int32_t*>(tp)[i * sT])
+                            : static_cast<const int64_t*>(tp)[i * sT];
+      const bool valid = y != ignore_index && y >= 0 && y < C;
+      const acc_t s = valid ? (per_row ? u[i] : u[0]) * gscale : acc_t(0);
+      acc_t* row = g + i * C;
+      if (s == acc_t(0)) {
+        std::fill(row, row + C, acc_t(0));
+      } else {
+        for (int64_t j = 0; j < C; ++j) row[j] *= s;
+      }
+    }
+  });
+}
+
+void mom_loss_bwd_fused_cpu(at::Tensor& G, const at::Tensor& grad, const at::Tensor& target,
+                            const at::Tensor& gscale, int64_t ignore_index) {
+  TORCH_CHECK_VALUE(G.dim() == 2 && G.is_contiguous() && target.dim() == 1 &&
+                        target.size(0) == G.size(0) && gscale.numel() == 1,
+                    "momkernels: mom_loss_bwd_fused_: bad arguments");
+  TORCH_CHECK_VALUE(grad.dim() == 0 || (grad.dim() == 1 && grad.size(0) == G.size(0)),
+                    "momkernels: grad must be 0-dim or (N,); got ", grad.sizes());
+  if (G.scalar_type() == at::kDouble) {
+    scale_fused_grad<double>(G, grad, target, gscale.to(at::kDouble).item<double>(), ignore_index);
+  } else {
+    TORCH_CHECK_VALUE(G.scalar_type() == at::kFloat || at::isReducedFloatingType(G.scalar_type()),
+                      "momkernels: mom_loss_bwd_fused_: unsupported dtype ", G.scalar_type());
+    if (G.scalar_type() == at::kFloat) {
+      scale_fused_grad<float>(G, grad, target, gscale.to(at::kFloat).item<float>(), ignore_index);
+    } else {  // half types: scale in float, round once more
+      at::Tensor Gf = G.to(at::kFloat);
+      scale_fused_grad<float>(Gf, grad, target, gscale.to(at::kFloat).item<float>(), ignore_index);
+      G.copy_(Gf);
+    }
+  }
 }
 
 at::Tensor mom_loss_bwd_cpu(const at::Tensor& grad, const at::Tensor& input,
@@ -243,6 +399,8 @@ at::Tensor mom_loss_bwd_cpu(const at::Tensor& grad, const at::Tensor& input,
 TORCH_LIBRARY_IMPL(momkernels, CPU, m) {
   m.impl("mom_loss_fwd", &mom_loss_fwd_cpu);
   m.impl("mom_loss_bwd", &mom_loss_bwd_cpu);
+  m.impl("mom_loss_fwd_fused", &mom_loss_fwd_fused_cpu);
+  m.impl("mom_loss_bwd_fused_", &mom_loss_bwd_fused_cpu);
 }
 
 }  // namespace momkernels::cpu

@@ -165,7 +165,10 @@ def _row_loss(lp, gamma, dice_alpha, dice_smooth, LOSS: tl.constexpr):
             den = a + 1.0 + dice_smooth
             value = 1.0 - (2.0 * a + dice_smooth) / den
             # q^(al-1) multiplies only terms that vanish with q: 0 at q == 0 (1 if al == 1)
-            qa1 = tl.where(qpos, _pow(tl.where(qpos, q, 1.0), dice_alpha - 1.0),
+            # (base clamped to the smallest normal float: a subnormal q would
+            # overflow q^(al-1) for al < 1; docs/SEMANTICS.md S9)
+            qa1 = tl.where(qpos, _pow(tl.where(qpos, tl.maximum(q, 1.1754944e-38), 1.0),
+                                      dice_alpha - 1.0),
                            tl.where(dice_alpha == 1.0, 1.0, 0.0))
             da_dp = qa - dice_alpha * p * qa1
             h = p * (2.0 + dice_smooth) / (den * den) * da_dp
