@@ -549,7 +549,12 @@ def train_one(cfg, loss_name: str, seed: int, prepared: Optional[Prepared] = Non
             opt.step()
             sched.step()
             step += 1
-            lv = float(loss.detach()) / (ws if distributed else 1)
+            if distributed:  # each rank holds S_r * R / D: the global mean is their sum / R
+                t = loss.detach().clone()
+                torch.distributed.all_reduce(t)
+                lv = float(t) / ws
+            else:
+                lv = float(loss.detach())
             window.append(lv)
             if len(window) == cfg.log_every:
                 curve.append([step, float(np.mean(window))])
