@@ -300,11 +300,7 @@ def test_s9_dice_at_p_one_and_zero(backend, alpha):
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.01, 0.1])
-@pytest.mark.parametrize("backend", [
-    pytest.param(b, marks=pytest.mark.xfail(
-        strict=True, reason="known bug (docs/SEMANTICS.md S9): the Triton kernel's "
-        "q^(alpha - 1) overflows to inf for subnormal q when alpha < 0.14: NaN/inf gradient"))
-    if b == "triton" else b for b in BACKENDS])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_s9_dice_small_alpha_nearly_saturated_rows_finite(backend, alpha):
     """S9, limitation: dice with alpha < ~0.14 on a row whose q = 1 - p_y is a
     float32 subnormal (margin ~95-103).  The gradient must stay finite; the
