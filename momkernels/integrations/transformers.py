@@ -31,7 +31,6 @@ transformers.
 from __future__ import annotations
 
 import functools
-import types
 from typing import Any, Callable, Optional
 
 import torch
