@@ -28,7 +28,7 @@ def tmed(f, reps):
 def main():
     print("# Where the CPU time goes\n")
     print("\n".join(machine_header(["(bench/cpu_floor.py)"])).replace(
-        "`python -m momkernels bench (bench/cpu_floor.py)`", "`python bench/cpu_floor.py`"))
+        "python -m momkernels bench (bench/cpu_floor.py)", "python bench/cpu_floor.py"))
     op_f, op_b = torch.ops.momkernels.mom_loss_fwd, torch.ops.momkernels.mom_loss_bwd
     opts = ("ce", 2.0, 1.0, 0.01, 0.0)
 

@@ -38,7 +38,8 @@ DTYPES = ["bfloat16", "float32"]
 MODES = ["fwd", "bwd", "fwd+bwd"]
 LAM, O_INDEX, IGNORE = 0.175, 0, -100
 FIELDS = ["N", "C", "dtype", "impl", "mode", "ms", "ms_p20", "ms_p80", "bytes", "GBps",
-          "copy_GBps", "frac_of_copy", "peak_MiB", "max_abs_diff_vs_eager", "note"]
+          "copy_GBps", "frac_of_copy", "peak_MiB", "peak_extra_MiB", "peak_extra_pct_logits",
+          "max_abs_diff_vs_eager", "note"]
 
 
 def parse_args(argv=None):
@@ -174,11 +175,20 @@ def measure(name, fn, N, C, dtype_name, torch, args, copy_bw, writer, rows, eage
                 nbytes = 3 * logits_bytes
             del loss
             peak = torch.cuda.max_memory_allocated() / 2**20 if DEV == "cuda" else float("nan")
+            extra = float("nan")
+            if mode == "fwd+bwd":
+                # the same definition as `python -m momkernels bench`: the peak of one
+                # fwd+bwd beyond the logits and a freshly allocated gradient
+                from momkernels.benchmark import peak_extra_bytes
+
+                extra = peak_extra_bytes(lambda xx, tt, lam: fn(xx, tt), x0, t, LAM, DEV)
             gbps = nbytes / (ms[0] * 1e-3) / 1e9
             row = dict(N=N, C=C, dtype=dtype_name, impl=name, mode=mode, ms=f"{ms[0]:.4f}",
                        ms_p20=f"{ms[1]:.4f}", ms_p80=f"{ms[2]:.4f}", bytes=nbytes,
                        GBps=f"{gbps:.1f}", copy_GBps=f"{copy_bw:.1f}",
                        frac_of_copy=f"{gbps / copy_bw:.3f}", peak_MiB=f"{peak:.0f}",
+                       peak_extra_MiB=f"{extra / 2**20:.2f}",
+                       peak_extra_pct_logits=f"{100 * extra / logits_bytes:.1f}",
                        max_abs_diff_vs_eager=f"{diff:.3g}", note=note)
         except Exception as e:  # noqa: BLE001
             row = dict(N=N, C=C, dtype=dtype_name, impl=name, mode=mode,
@@ -187,7 +197,7 @@ def measure(name, fn, N, C, dtype_name, torch, args, copy_bw, writer, rows, eage
         rows.append(row)
         out.append(row)
         print("  " + " ".join(f"{k}={row.get(k, '')}" for k in
-                              ("impl", "mode", "ms", "GBps", "frac_of_copy", "peak_MiB",
+                              ("impl", "mode", "ms", "GBps", "frac_of_copy", "peak_MiB", "peak_extra_MiB",
                                "max_abs_diff_vs_eager", "note")), flush=True)
         del x
     del x0, t
@@ -201,8 +211,11 @@ def write_markdown(path, rows, env):
     lines = ["# momkernels GPU benchmark", "", env, "",
              "Median ms (triton.testing.do_bench); GB/s = minimum bytes of a fused kernel / "
              "time; 'copy' = fraction of a measured device-to-device copy's bandwidth.", "",
-             "| N | C | dtype | mode | impl | ms | GB/s | of copy | peak MiB | note |",
-             "|---:|---:|---|---|---|---:|---:|---:|---:|---|"]
+             "Peak extra = bytes held at the peak of one fwd+bwd beyond the logits and their "
+             "gradient (fwd+bwd rows), MiB and % of the logits.", "",
+             "| N | C | dtype | mode | impl | ms | GB/s | of copy | peak MiB | peak extra MiB | "
+             "extra % of logits | note |",
+             "|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     def key(r):
         mode = MODES.index(r["mode"]) if r["mode"] in MODES else len(MODES)
         return (int(r["N"]), int(r["C"]), r["dtype"], mode, r["impl"])
@@ -210,7 +223,8 @@ def write_markdown(path, rows, env):
     for r in sorted(rows, key=key):
         lines.append(f"| {r['N']} | {r['C']} | {r['dtype']} | {r['mode']} | {r['impl']} | "
                      f"{r.get('ms', '')} | {r.get('GBps', '')} | {r.get('frac_of_copy', '')} | "
-                     f"{r.get('peak_MiB', '')} | {r.get('note', '')} |")
+                     f"{r.get('peak_MiB', '')} | {r.get('peak_extra_MiB', '')} | "
+                     f"{r.get('peak_extra_pct_logits', '')} | {r.get('note', '')} |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

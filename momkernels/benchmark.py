@@ -14,9 +14,26 @@ Competitors, measured side by side in one run:
 Timings are medians over many repetitions after warm-up (CPU: a
 ``perf_counter`` loop; GPU: ``triton.testing.do_bench``), with the 25th/75th
 percentiles.  For memory-bound shapes the achieved bandwidth is reported as a
-fraction of a measured copy of the same bytes (``memcpy``).  Results go to a
-CSV and a markdown table whose header records the machine, versions, thread
-count and the command.
+fraction of a measured copy of the same bytes (``memcpy``).
+
+Peak extra memory (fwd+bwd rows): the most bytes that one forward + backward
+holds at any moment beyond the logits and their gradient, in MiB and in % of
+the logits' size.  CPU: every allocation and free of PyTorch's CPU allocator
+during one step, recorded by ``torch.profiler`` (``profile_memory=True``) with
+its address, summed in time order; the gradient's own allocation (found by its
+address) is not counted.  momkernels' C++ backward takes gradient buffers of
+>= 1 MiB from a small recycling cache (``MOMKERNELS_GRAD_CACHE``) outside that
+allocator; that buffer *is* the gradient, so it is not extra either.  CUDA:
+``torch.cuda.max_memory_allocated`` over one step minus the bytes allocated
+before it, minus the gradient when it was newly allocated.
+
+Modes (see ``--help``): the default is the two headline shapes (fp32, ce,
+lam 0.175); ``--quick`` a small subset with few repetitions (< 1 min);
+``--full`` the grid of shapes x dtypes x losses x lams (``full_grid``);
+``--sweep N`` / ``--sweep C`` fwd+bwd time against N at fixed C (or C at fixed
+N), plotted log-log per competitor.  Results go to a CSV, a markdown table
+whose header records the machine, versions, thread count and the command, and
+a PNG.
 """
 
 from __future__ import annotations
@@ -24,6 +41,8 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import gc
+import math
 import os
 import platform
 import statistics
@@ -112,6 +131,8 @@ class Row:
     speedup_vs_eager: float = float("nan")
     bandwidth_frac: float = float("nan")
     compile_s: float = float("nan")
+    peak_extra_MiB: float = float("nan")
+    peak_extra_pct_logits: float = float("nan")
 
 
 def _quantiles(ts: list[float]) -> tuple[float, float, float]:
@@ -121,15 +142,30 @@ def _quantiles(ts: list[float]) -> tuple[float, float, float]:
 
 
 def time_cpu(step: Callable[[], Optional[Callable]], reps: int, warmup: int,
-             min_seconds: float) -> tuple[float, float, float]:
-    """Time ``step``; if it returns a callable, only that part is timed (bwd)."""
-    for _ in range(warmup):
+             min_seconds: float, max_seconds: Optional[float] = None,
+             min_reps: int = 3) -> tuple[float, float, float]:
+    """Time ``step``; if it returns a callable, only that part is timed (bwd).
+
+    At least ``reps`` samples and ``min_seconds`` of them (up to 20 * reps);
+    with ``max_seconds``, stop once that much time went into the samples and
+    there are ``min_reps`` of them (warm-up stops early the same way).
+    """
+    t_w = time.perf_counter()
+    for k in range(warmup):
         r = step()
         if callable(r):
             r()
+        if max_seconds is not None and time.perf_counter() - t_w > max_seconds / 2:
+            break
     ts: list[float] = []
-    t_end = time.perf_counter() + min_seconds
-    while len(ts) < reps or (time.perf_counter() < t_end and len(ts) < 20 * reps):
+    t_start = time.perf_counter()
+    t_end = t_start + min_seconds
+    while True:
+        now = time.perf_counter()
+        if max_seconds is not None and len(ts) >= min_reps and now - t_start > max_seconds:
+            break
+        if len(ts) >= reps and (now >= t_end or len(ts) >= 20 * reps):
+            break
         t0 = time.perf_counter()
         r = step()
         if callable(r):
@@ -176,7 +212,7 @@ def memcpy_ms(numel: int, dtype: torch.dtype, device: str, reps: int) -> float:
     dst = torch.empty_like(src)
     if device == "cuda":
         return time_gpu(lambda: dst.copy_(src))[0]
-    return time_cpu(lambda: dst.copy_(src), reps, 3, 0.5)[0]
+    return time_cpu(lambda: dst.copy_(src), reps, 3, 0.5, max_seconds=2.0)[0]
 
 
 def make_batch(N: int, C: int, dtype: torch.dtype, device: str, seed: int = 0):
@@ -188,6 +224,96 @@ def make_batch(N: int, C: int, dtype: torch.dtype, device: str, seed: int = 0):
         t[torch.rand(N, generator=g) < 0.7] = 0
     t[torch.rand(N, generator=g) < 0.1] = IGNORE
     return x.to(device), t.to(device)
+
+
+# ----------------------------------------------------------------- peak memory
+
+
+def _nan(v) -> bool:
+    return isinstance(v, float) and v != v
+
+
+def _cpu_allocations(prof) -> Optional[list[tuple[int, int, int]]]:
+    """(time_ns, address, +-bytes) of every CPU allocator event of a profile."""
+    try:
+        from torch._C._profiler import _EventType
+
+        roots = prof.profiler.kineto_results.experimental_event_tree()
+    except (AttributeError, ImportError, RuntimeError):
+        return None
+    out = []
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n.tag == _EventType.Allocation:
+            f = n.extra_fields
+            if str(f.device).startswith("cpu"):
+                out.append((n.start_time_ns, int(f.ptr), int(f.alloc_size)))
+        stack.extend(n.children)
+    out.sort(key=lambda e: e[0])
+    return out
+
+
+def _cpu_peak_extra(step: Callable[[], None], grad_ptr: Callable[[], Optional[int]]) -> float:
+    """Peak of live allocator bytes during ``step`` minus its gradient's allocation."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = _cpu_allocations(prof)
+    gptr = grad_ptr()
+    if events is None:  # older/newer torch without the event tree: no addresses
+        evs = sorted(((e.start_ns(), 0, e.nbytes()) for e in prof.profiler.kineto_results.events()
+                      if e.name() == "[memory]"), key=lambda e: e[0])
+        live = peak = 0
+        for _, _, nb in evs:
+            live += nb
+            peak = max(peak, live)
+        return float(max(0, peak - max(0, live)))  # what is still live at the end: the grad
+    # the gradient = the last allocation at its address (an earlier temporary may
+    # have used the same address and been freed)
+    g_idx = max((i for i, (_, p, nb) in enumerate(events) if p == gptr and nb > 0), default=None)
+    live = peak = 0
+    for i, (_, _, nb) in enumerate(events):
+        live += nb
+        if g_idx is not None and i >= g_idx:
+            peak = max(peak, live - events[g_idx][2])
+        else:
+            peak = max(peak, live)
+    return float(peak)
+
+
+def peak_extra_bytes(fn, x, t, lam, device: str) -> float:
+    """Bytes one fwd+bwd holds at its peak beyond the logits and their gradient
+    (the gradient counted only when it was freshly allocated: a gradient written
+    into the logits' own storage, as Liger does, costs nothing extra)."""
+    leaf = x.detach().clone().requires_grad_()
+    for _ in range(1):  # warm-up (the timing already ran it): lazy inits, caches
+        leaf.grad = None
+        fn(leaf, t, lam).backward()
+    leaf.grad = None
+    gc.collect()
+
+    def step():
+        fn(leaf, t, lam).backward()
+
+    def grad_ptr() -> Optional[int]:
+        g = leaf.grad
+        return None if g is None else g.untyped_storage().data_ptr()
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        g = leaf.grad
+        fresh = 0
+        if g is not None and g.untyped_storage().data_ptr() != leaf.untyped_storage().data_ptr():
+            fresh = g.untyped_storage().nbytes()
+        return float(max(0, peak - fresh))
+    return _cpu_peak_extra(step, grad_ptr)
 
 
 # ----------------------------------------------------------------- driver
@@ -206,10 +332,17 @@ def machine_header(argv: list[str]) -> list[str]:
                     break
     except OSError:
         pass
+    try:
+        with open("/proc/meminfo") as f:
+            mem = f" {int(f.readline().split()[1]) / 2**20:.0f} GiB RAM,"
+    except (OSError, ValueError, IndexError):
+        mem = ""
+    env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                   if k.startswith("MOMKERNELS_") or k in ("OMP_NUM_THREADS", "THP_MEM_ALLOC_ENABLE"))
     lines = [
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- command: `python -m momkernels bench {' '.join(argv)}`",
-        f"- machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        f"- command: `{env + ' ' if env else ''}python -m momkernels bench {' '.join(argv)}`",
+        f"- machine: {cpu}, {os.cpu_count()} cores,{mem} torch threads {torch.get_num_threads()}",
         f"- versions: momkernels {momkernels.__version__}, torch {torch.__version__}, "
         f"python {platform.python_version()}, extension {ops.build_info() or 'not loaded'}",
     ]
@@ -223,67 +356,181 @@ def parse_shape(s: str) -> tuple[int, int]:
     return int(n), int(c)
 
 
-QUICK_SHAPES = ["8192x9", "4096x32000"]
-FULL_SHAPES = ["4096x9", "8192x9", "32768x9", "8192x17", "8192x37", "8192x2",
-               "1024x32000", "4096x32000", "2048x128256"]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+HEADLINE_SHAPES = ["8192x9", "4096x32000"]
+QUICK_SHAPES = ["8192x9", "1024x32000"]
+# NER batches (B x T = 32x128, 64x128, 256x128) x tag sets (CoNLL 9, 17, OntoNotes 37);
+# MRC start/end (C = 2); LM vocabularies (Llama-2 32000, Llama-3 128256).
+NER_SHAPES = [f"{n}x{c}" for c in (9, 17, 37) for n in (4096, 8192, 32768)]
+MRC_SHAPES = ["8192x2", "32768x2"]
+# CPU cap: N x C x 4 bytes of fp32 logits, and eager PyTorch holds the logits, their
+# gradient and two more logits-sized temporaries (+ the bench's copy of the logits),
+# about 5x the logits: 16384 x 32000 (2.1 GB) and 2048 x 128256 (1.05 GB) fit 24 GiB.
+LM_SHAPES = ["1024x32000", "4096x32000", "16384x32000", "2048x128256"]
+LM_SHAPES_GPU = ["4096x32000", "16384x32000", "4096x128256", "16384x128256"]
+FULL_SHAPES = NER_SHAPES + MRC_SHAPES + LM_SHAPES  # kept for scripts that import it
+ALL_COMBOS = [("ce", 1.0), ("ce", 0.175), ("focal", 0.175), ("dice", 0.175)]
+# focal/dice only at one N per NER tag set and one LM shape (CPU time; bench/run_cpu_suite.sh)
+FOCAL_DICE_SHAPES = ["8192x9", "8192x17", "8192x37", "4096x32000"]
+SWEEP_DEFAULTS = {
+    "N": (9, [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]),
+    "C": (4096, [2, 9, 37, 128, 512, 2048, 8192, 32000, 128256]),
+}
 
 
-def run(args) -> list[Row]:
+def full_grid(device: str, dtypes: list[str], losses: Optional[list[str]],
+              lams: Optional[list[float]]) -> list[tuple[str, int, int, str, float]]:
+    """(dtype, N, C, loss, lam) cases of ``--full``.
+
+    Default: ce with lam 1 (plain CE drop-in) and 0.175 on every shape; focal
+    and dice (lam 0.175) on FOCAL_DICE_SHAPES.  ``--losses`` /
+    ``--lams`` given explicitly: their full product on every shape."""
+    lm = LM_SHAPES_GPU if device == "cuda" else LM_SHAPES
+    cases = []
+    for dt in dtypes:
+        for shape in NER_SHAPES + MRC_SHAPES + lm:
+            N, C = parse_shape(shape)
+            if losses or lams:
+                combos = [(lo, la) for lo in (losses or ["ce"]) for la in (lams or [0.175])]
+            else:
+                combos = [(lo, la) for lo, la in ALL_COMBOS
+                          if lo == "ce" or shape in FOCAL_DICE_SHAPES]
+            cases += [(dt, N, C, lo, la) for lo, la in combos]
+    return cases
+
+
+def _print_row(row: Row) -> None:
+    mem = ""
+    if not _nan(row.peak_extra_MiB):
+        mem = (f"  peak extra {row.peak_extra_MiB:8.2f} MiB "
+               f"({row.peak_extra_pct_logits:.1f} % of logits)")
+    print(f"{row.device} {row.dtype} N={row.N:>6} C={row.C:>6} {row.loss:>5} lam={row.lam:<5} "
+          f"{row.competitor:>8} {row.mode:>7}: {row.median_ms:9.3f} ms "
+          f"[{row.p25_ms:.3f}, {row.p75_ms:.3f}]  x{row.speedup_vs_eager:5.1f} vs eager{mem}",
+          flush=True)
+
+
+def run(args, cases: Optional[list[tuple[str, int, int, str, float]]] = None) -> list[Row]:
+    """Measure every case (dtype, N, C, loss, lam) for every competitor and mode."""
     from momkernels import available_backends
 
     device = args.device
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    if cases is None:
+        cases = [(dt, *parse_shape(s), lo, la) for dt in args.dtypes for s in args.shapes
+                 for lo in args.losses for la in args.lams]
     backends = [b for b in available_backends(device) if not args.backends or b in args.backends]
     rows: list[Row] = []
-    for shape in args.shapes:
-        N, C = parse_shape(shape)
-        x, t = make_batch(N, C, dtype, device)
-        copy_ms = memcpy_ms(N * C, dtype, device, args.reps)
-        bytes_fb = 3 * N * C * x.element_size()  # fwd reads, bwd reads + writes
-        for loss in args.losses:
-            for lam in args.lams:
-                competitors: dict[str, Callable] = {"eager": eager_loss_fn(loss)}
-                compile_s = float("nan")
-                if not args.no_compile:
-                    torch._dynamo.reset()
-                    compiled = torch.compile(eager_loss_fn(loss), dynamic=False)
-                    t0 = time.perf_counter()
-                    leaf = x.detach().clone().requires_grad_()
-                    compiled(leaf, t, lam).backward()
-                    compile_s = time.perf_counter() - t0
-                    competitors["compile"] = compiled
-                for b in backends:
-                    competitors[b] = momkernels_fn(b, loss)
-                liger = liger_fn() if device == "cuda" and loss == "ce" and lam == 1.0 else None
-                if liger is not None:
-                    competitors["liger"] = liger
-                eager_ms: dict[str, float] = {}
-                for name, fn in competitors.items():
-                    for mode, step in make_steps(fn, x, t, lam).items():
-                        if mode not in args.modes:
-                            continue
-                        if device == "cuda":
-                            med, p25, p75 = time_gpu(step)
-                        else:
-                            med, p25, p75 = time_cpu(step, args.reps, args.warmup, args.min_seconds)
-                        if name == "eager":
-                            eager_ms[mode] = med
-                        row = Row(device, args.dtype, N, C, loss, lam, name, mode, med, p25, p75)
-                        row.speedup_vs_eager = eager_ms.get(mode, float("nan")) / med
-                        if mode == "fwd+bwd":
-                            row.bandwidth_frac = (bytes_fb / (med * 1e-3)) / (
-                                2 * N * C * x.element_size() / (copy_ms * 1e-3))
-                        if name == "compile":
-                            row.compile_s = compile_s
-                        rows.append(row)
-                        print(f"{device} {args.dtype} N={N:>6} C={C:>6} {loss:>5} lam={lam:<5} "
-                              f"{name:>8} {mode:>7}: {med:9.3f} ms "
-                              f"[{p25:.3f}, {p75:.3f}]  x{row.speedup_vs_eager:5.1f} vs eager",
-                              flush=True)
+    batches: dict = {}
+    for dtype_name, N, C, loss, lam in cases:
+        key = (dtype_name, N, C)
+        if key not in batches:
+            batches.clear()  # one batch alive at a time (memory)
+            x = t = None
+            gc.collect()
+            x, t = make_batch(N, C, DTYPES[dtype_name], device)
+            copy_ms = memcpy_ms(N * C, DTYPES[dtype_name], device, args.reps)
+            batches[key] = (x, t, copy_ms)
+        x, t, copy_ms = batches[key]
+        logits_bytes = N * C * x.element_size()
+        bytes_fb = 3 * logits_bytes  # fwd reads, bwd reads + writes
+        competitors: dict[str, Callable] = {"eager": eager_loss_fn(loss)}
+        compile_s = float("nan")
+        if not args.no_compile:
+            torch._dynamo.reset()
+            compiled = torch.compile(eager_loss_fn(loss), dynamic=False)
+            t0 = time.perf_counter()
+            leaf = x.detach().clone().requires_grad_()
+            compiled(leaf, t, lam).backward()
+            compile_s = time.perf_counter() - t0
+            del leaf
+            competitors["compile"] = compiled
+        for b in backends:
+            competitors[b] = momkernels_fn(b, loss)
+        liger = liger_fn() if device == "cuda" and loss == "ce" and lam == 1.0 else None
+        if liger is not None:
+            competitors["liger"] = liger
+        eager_ms: dict[str, float] = {}
+        for name, fn in competitors.items():
+            steps = make_steps(fn, x, t, lam)
+            fb_row = None
+            for mode in [m for m in steps if m in args.modes]:
+                step = steps[mode]
+                if device == "cuda":
+                    med, p25, p75 = time_gpu(step)
+                else:
+                    med, p25, p75 = time_cpu(step, args.reps, args.warmup, args.min_seconds,
+                                             args.max_seconds)
+                if name == "eager":
+                    eager_ms[mode] = med
+                row = Row(device, dtype_name, N, C, loss, lam, name, mode, med, p25, p75)
+                row.speedup_vs_eager = eager_ms.get(mode, float("nan")) / med
+                if mode == "fwd+bwd":
+                    row.bandwidth_frac = (bytes_fb / (med * 1e-3)) / (
+                        2 * logits_bytes / (copy_ms * 1e-3))
+                    fb_row = row
+                if name == "compile":
+                    row.compile_s = compile_s
+                rows.append(row)
+                if mode != "fwd+bwd" or args.no_memory:
+                    _print_row(row)
+            # free the timing copy of the logits and its gradient before the memory step
+            steps.clear()
+            step = None
+            if fb_row is not None and not args.no_memory:
+                gc.collect()
+                extra = peak_extra_bytes(fn, x, t, lam, device)
+                fb_row.peak_extra_MiB = extra / 2**20
+                fb_row.peak_extra_pct_logits = 100 * extra / logits_bytes
+                _print_row(fb_row)
     return rows
 
 
-def write_outputs(rows: list[Row], out_dir: str, header: list[str], tag: str) -> None:
+# ----------------------------------------------------------------- outputs
+
+
+def _fmt_mem(mib: float, pct: float) -> str:
+    if _nan(mib):
+        return ""
+    return f"{mib:.1f} MiB ({pct:.0f} %)" if mib >= 10 else f"{mib:.2f} MiB ({pct:.1f} %)"
+
+
+def headline_tables(rows: list[Row]) -> list[str]:
+    """Compact fwd+bwd tables: time per competitor (speed-up vs eager) and peak extra memory."""
+    fb = [r for r in rows if r.mode == "fwd+bwd"]
+    if not fb:
+        return []
+    comps = list(dict.fromkeys(r.competitor for r in fb))
+    cases = list(dict.fromkeys((r.dtype, r.N, r.C, r.loss, r.lam) for r in fb))
+    get = {(r.dtype, r.N, r.C, r.loss, r.lam, r.competitor): r for r in fb}
+    out = ["## Headline: forward + backward", "",
+           "Median ms of one forward + backward, speed-up over eager in parentheses.", "",
+           "| dtype | N | C | loss | lam | " + " | ".join(comps) + " |",
+           "|---|---:|---:|---|---|" + "---:|" * len(comps)]
+    for c in cases:
+        cells = []
+        for comp in comps:
+            r = get.get((*c, comp))
+            cells.append("" if r is None else f"{r.median_ms:.3f} ({r.speedup_vs_eager:.1f}x)")
+        out.append(f"| {c[0]} | {c[1]} | {c[2]} | {c[3]} | {c[4]} | " + " | ".join(cells) + " |")
+    if any(not _nan(r.peak_extra_MiB) for r in fb):
+        out += ["", "## Peak extra memory of forward + backward", "",
+                "Bytes held at the peak of one forward + backward beyond the logits and their "
+                "gradient, MiB (% of the logits' size); target for momkernels: <= 5 %.", "",
+                "| dtype | N | C | loss | lam | logits MiB | " + " | ".join(comps) + " |",
+                "|---|---:|---:|---|---|---:|" + "---:|" * len(comps)]
+        for c in cases:
+            cells = []
+            for comp in comps:
+                r = get.get((*c, comp))
+                cells.append("" if r is None else _fmt_mem(r.peak_extra_MiB, r.peak_extra_pct_logits))
+            esize = torch.empty((), dtype=DTYPES[c[0]]).element_size()
+            out.append(f"| {c[0]} | {c[1]} | {c[2]} | {c[3]} | {c[4]} | "
+                       f"{c[1] * c[2] * esize / 2**20:.1f} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def write_outputs(rows: list[Row], out_dir: str, header: list[str], tag: str,
+                  notes: Optional[list[str]] = None) -> None:
     os.makedirs(out_dir, exist_ok=True)
     csv_path = os.path.join(out_dir, f"{tag}.csv")
     with open(csv_path, "w", newline="") as f:
@@ -294,18 +541,31 @@ def write_outputs(rows: list[Row], out_dir: str, header: list[str], tag: str) ->
     md_path = os.path.join(out_dir, f"{tag}.md")
     with open(md_path, "w") as f:
         f.write(f"# Benchmark: {tag}\n\n" + "\n".join(header) + "\n\n")
+        if notes:
+            f.write("\n".join(notes) + "\n\n")
+        if any(r.mode == "fwd+bwd" for r in rows):
+            f.write("\n".join(headline_tables(rows)) + "\n## All measurements\n\n")
         f.write("Median ms [25th, 75th percentile]; speed-up = eager median / this median; "
                 "bandwidth = (3 passes over the logits) / time, as a fraction of a measured "
-                "copy of the same bytes (fwd+bwd only).\n\n")
+                "copy of the same bytes (fwd+bwd only); peak extra = bytes held at the peak of "
+                "one fwd+bwd beyond the logits and their gradient (fwd+bwd only).\n\n")
         f.write("| dtype | N | C | loss | lam | competitor | mode | median ms | IQR ms | "
-                "speed-up vs eager | bandwidth / memcpy |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+                "speed-up vs eager | bandwidth / memcpy | peak extra MiB | peak extra % of logits |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
         for r in rows:
-            bw = "" if r.bandwidth_frac != r.bandwidth_frac else f"{100 * r.bandwidth_frac:.0f} %"
-            comp = "" if r.compile_s != r.compile_s else f" (compile {r.compile_s:.1f} s)"
+            bw = "" if _nan(r.bandwidth_frac) else f"{100 * r.bandwidth_frac:.0f} %"
+            comp = "" if _nan(r.compile_s) else f" (compile {r.compile_s:.1f} s)"
+            mib = "" if _nan(r.peak_extra_MiB) else f"{r.peak_extra_MiB:.2f}"
+            pct = "" if _nan(r.peak_extra_pct_logits) else f"{r.peak_extra_pct_logits:.1f} %"
             f.write(f"| {r.dtype} | {r.N} | {r.C} | {r.loss} | {r.lam} | {r.competitor}{comp} | "
                     f"{r.mode} | {r.median_ms:.3f} | {r.p25_ms:.3f}-{r.p75_ms:.3f} | "
-                    f"{r.speedup_vs_eager:.1f}x | {bw} |\n")
+                    f"{r.speedup_vs_eager:.1f}x | {bw} | {mib} | {pct} |\n")
     print(f"wrote {csv_path} and {md_path}")
+
+
+def _read_fwdbwd(csv_path: str) -> list[dict]:
+    with open(csv_path) as f:
+        return [r for r in csv.DictReader(f) if r["mode"] == "fwd+bwd"]
 
 
 def plot(csv_path: str, png_path: str) -> None:
@@ -315,11 +575,17 @@ def plot(csv_path: str, png_path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(csv_path) as f:
-        rows = [r for r in csv.DictReader(f) if r["mode"] == "fwd+bwd"]
+    rows = _read_fwdbwd(csv_path)
     groups = sorted({(r["loss"], r["lam"], r["dtype"]) for r in rows})
-    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.2), squeeze=False)
-    for ax, (loss, lam, dtype) in zip(axes[0], groups):
+    nshapes = max(len({(r["N"], r["C"]) for r in rows if (r["loss"], r["lam"], r["dtype"]) == g})
+                  for g in groups)
+    ncols = 1 if nshapes > 4 else min(len(groups), 4)
+    nrows = math.ceil(len(groups) / ncols)
+    width_in = max(6.5, 1.1 * nshapes + 1.5) if ncols == 1 else 6.5
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width_in * ncols, 4.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    for ax, (loss, lam, dtype) in zip(axes.flat, groups):
         sel = [r for r in rows if (r["loss"], r["lam"], r["dtype"]) == (loss, lam, dtype)]
         shapes = list(dict.fromkeys(f"{r['N']}x{r['C']}" for r in sel))
         comps = list(dict.fromkeys(r["competitor"] for r in sel))
@@ -336,12 +602,64 @@ def plot(csv_path: str, png_path: str) -> None:
             bars = ax.bar(xs, ys, width, label=comp)
             for b, v in zip(bars, sp):
                 ax.annotate(f"{v:.1f}x", (b.get_x() + b.get_width() / 2, b.get_height()),
-                            ha="center", va="bottom", fontsize=7)
+                            ha="center", va="bottom", fontsize=6 if len(shapes) > 4 else 7)
         ax.set_yscale("log")
-        ax.set_xticks(range(len(shapes)), [f"N x C = {s}" for s in shapes])
+        prefix = "" if len(shapes) > 4 else "N x C = "
+        ax.set_xticks(range(len(shapes)), [prefix + s for s in shapes],
+                      rotation=30 if len(shapes) > 4 else 0, fontsize=8)
         ax.set_ylabel("fwd+bwd median (ms, log)")
         ax.set_title(f"{dtype}, loss={loss}, lam={lam} (labels: speed-up vs eager)", fontsize=9)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {png_path}")
+
+
+def plot_sweep(csv_path: str, png_path: str, axis: str) -> None:
+    """Sweep over N (or C): fwd+bwd time (log-log), speed-up over eager and peak
+    extra memory (% of the logits) against N (or C), one line per competitor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _read_fwdbwd(csv_path)
+    fixed = "C" if axis == "N" else "N"
+    groups = sorted({(r["loss"], r["lam"], r["dtype"], r[fixed]) for r in rows})
+    has_mem = any(r.get("peak_extra_pct_logits") not in (None, "", "nan") for r in rows)
+    ncols = 3 if has_mem else 2
+    fig, axes = plt.subplots(len(groups), ncols, figsize=(5.2 * ncols, 4.0 * len(groups)),
+                             squeeze=False)
+    for axrow, (loss, lam, dtype, fv) in zip(axes, groups):
+        sel = [r for r in rows if (r["loss"], r["lam"], r["dtype"], r[fixed]) == (loss, lam, dtype, fv)]
+        for comp in dict.fromkeys(r["competitor"] for r in sel):
+            pts = sorted((int(r[axis]), float(r["median_ms"]), float(r["speedup_vs_eager"]),
+                          float(r.get("peak_extra_pct_logits") or "nan"))
+                         for r in sel if r["competitor"] == comp)
+            xs = [p[0] for p in pts]
+            style = dict(marker="o", ms=3, label=comp)
+            axrow[0].plot(xs, [p[1] for p in pts], **style)
+            axrow[1].plot(xs, [p[2] for p in pts], **style)
+            if has_mem:
+                axrow[2].plot(xs, [p[3] for p in pts], **style)
+        title = f"{dtype}, {fixed} = {fv}, loss={loss}, lam={lam}"
+        axrow[0].set(xscale="log", yscale="log", xlabel=axis, ylabel="fwd+bwd median (ms)",
+                     title=title)
+        axrow[1].set(xscale="log", yscale="log", xlabel=axis, ylabel="speed-up over eager (x)",
+                     title="speed-up over eager PyTorch")
+        axrow[1].axhline(1.0, color="grey", lw=0.8, ls="--")
+        if has_mem:
+            axrow[2].set_xscale("log")
+            axrow[2].set_yscale("symlog", linthresh=1.0)
+            axrow[2].set_ylim(bottom=0)
+            axrow[2].set(xlabel=axis, ylabel="peak extra memory (% of logits)",
+                         title="fwd+bwd memory beyond logits + grad (target 5 %)")
+            axrow[2].axhline(5.0, color="grey", lw=0.8, ls="--")
+        for ax in axrow:
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+            ax.title.set_fontsize(9)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
@@ -352,36 +670,95 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m momkernels bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--full", action="store_true", help="all shapes (default: the two headline ones)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true",
+                      help=f"smoke run (< 1 min): {' '.join(QUICK_SHAPES)}, few repetitions")
+    mode.add_argument("--full", action="store_true",
+                      help="the grid: NER/MRC/LM shapes x fp32, bf16 x ce (lam 1, 0.175), focal, "
+                           "dice (default: the two headline shapes)")
+    mode.add_argument("--sweep", choices=["N", "C"],
+                      help="fwd+bwd time against N at fixed C (--sweep-at, default 9) or against "
+                           "C at fixed N (default 4096); writes <tag>_vs_N/C.{csv,md,png}")
+    p.add_argument("--sweep-at", type=int, help="the fixed C (--sweep N) or N (--sweep C)")
+    p.add_argument("--sweep-values", type=int, nargs="+", help="the N (or C) values of a sweep")
     p.add_argument("--shapes", nargs="+", help="NxC shapes, e.g. 8192x9 4096x32000")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--losses", nargs="+", default=["ce"], choices=["ce", "focal", "dice"])
-    p.add_argument("--lams", nargs="+", type=float, default=[0.175])
-    p.add_argument("--modes", nargs="+", default=["fwd", "bwd", "fwd+bwd"],
-                   choices=["fwd", "bwd", "fwd+bwd"])
+    p.add_argument("--dtype", "--dtypes", dest="dtypes", nargs="+", choices=list(DTYPES),
+                   help="default fp32 (--full: fp32 bf16)")
+    p.add_argument("--losses", nargs="+", choices=["ce", "focal", "dice"], help="default ce")
+    p.add_argument("--lams", nargs="+", type=float, help="default 0.175")
+    p.add_argument("--modes", nargs="+", choices=["fwd", "bwd", "fwd+bwd"],
+                   help="default all three (--sweep: fwd+bwd)")
     p.add_argument("--backends", nargs="+", help="momkernels backends (default: all available)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile competitor")
-    p.add_argument("--reps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--min-seconds", type=float, default=1.0, help="time per measurement (CPU)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--reps", type=int, help="samples per measurement (default 30; --quick 3)")
+    p.add_argument("--warmup", type=int, help="warm-up calls (default 5; --quick 1)")
+    p.add_argument("--min-seconds", type=float,
+                   help="time per measurement (CPU; default 1.0, --quick 0.1)")
+    p.add_argument("--max-seconds", type=float,
+                   help="CPU: stop a measurement after this long once it has 3 samples "
+                        "(default: no limit; --quick 1)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
     p.add_argument("--out", default=None, help="output folder (default: docs/bench)")
     p.add_argument("--tag", default=None, help="output file stem")
-    p.add_argument("--plot-only", metavar="CSV", help="only draw the PNG of an existing CSV")
+    p.add_argument("--plot-only", metavar="CSV", help="only draw the PNG of an existing CSV "
+                   "(a sweep's CSV, named *_vs_N.csv / *_vs_C.csv, gets the sweep plot)")
     args = p.parse_args(argv)
     if args.plot_only:
-        plot(args.plot_only, os.path.splitext(args.plot_only)[0] + ".png")
+        stem = os.path.splitext(args.plot_only)[0]
+        if stem.endswith("_vs_N") or stem.endswith("_vs_C"):
+            plot_sweep(args.plot_only, stem + ".png", stem[-1])
+        else:
+            plot(args.plot_only, stem + ".png")
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.shapes = args.shapes or (FULL_SHAPES if args.full else QUICK_SHAPES)
-    rows = run(args)
+    quick = dict(reps=3, warmup=1, min_seconds=0.1, max_seconds=1.0)
+    normal = dict(reps=30, warmup=5, min_seconds=1.0, max_seconds=None)
+    for k, v in (quick if args.quick else normal).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.modes = args.modes or (["fwd+bwd"] if args.sweep else ["fwd", "bwd", "fwd+bwd"])
+    args.dtypes = args.dtypes or (["fp32", "bf16"] if args.full else ["fp32"])
+    cases = None
+    notes: list[str] = []
+    if args.sweep:
+        fixed, values = SWEEP_DEFAULTS[args.sweep]
+        fixed = args.sweep_at or fixed
+        values = args.sweep_values or values
+        shapes = [(v, fixed) if args.sweep == "N" else (fixed, v) for v in values]
+        args.shapes = [f"{n}x{c}" for n, c in shapes]
+    elif args.full and not args.shapes:
+        cases = full_grid(args.device, args.dtypes, args.losses, args.lams)
+        notes.append("Grid: NER batches N = 4096, 8192, 32768 with C = 9, 17, 37; MRC start/end "
+                     "C = 2; LM vocabularies " + ", ".join(
+                         LM_SHAPES_GPU if args.device == "cuda" else LM_SHAPES)
+                     + (" (CPU cap: eager PyTorch holds ~5 logits-sized buffers, so N x C is "
+                        "capped to fit 24 GiB)" if args.device != "cuda" else "")
+                     + ". ce with lam = 1 (plain cross-entropy drop-in) and 0.175 on every "
+                     "shape; focal and dice (lam = 0.175) on " + ", ".join(FOCAL_DICE_SHAPES)
+                     + ".")
+    else:
+        args.shapes = args.shapes or (QUICK_SHAPES if args.quick else HEADLINE_SHAPES)
+    args.losses = args.losses or ["ce"]
+    args.lams = args.lams or [0.175]
+    t_start = time.perf_counter()
+    rows = run(args, cases)
     out = args.out or os.path.join("docs", "bench")
-    tag = args.tag or f"{args.device}_{args.dtype}{'_full' if args.full else ''}"
-    write_outputs(rows, out, machine_header(argv), tag)
+    dtag = "_".join(args.dtypes)
+    tag = args.tag or (f"{args.device}_full" if args.full else
+                       f"{args.device}_{dtag}{'_quick' if args.quick else ''}")
+    if args.sweep:
+        tag = f"{tag}_vs_{args.sweep}"
+    header = machine_header(argv) + [f"- wall time of this run: {time.perf_counter() - t_start:.0f} s"]
+    write_outputs(rows, out, header, tag, notes)
+    csv_path = os.path.join(out, f"{tag}.csv")
     try:
-        plot(os.path.join(out, f"{tag}.csv"), os.path.join(out, f"{tag}.png"))
+        if args.sweep:
+            plot_sweep(csv_path, os.path.join(out, f"{tag}.png"), args.sweep)
+        else:
+            plot(csv_path, os.path.join(out, f"{tag}.png"))
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib)")
     return 0
