@@ -29,7 +29,7 @@ using FusedFwdFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, int64_t,
     int64_t, c10::string_view, double, double, double, double, c10::string_view, c10::string_view);
 using FusedBwdFn = void(at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                        int64_t);
+                        int64_t, int64_t);
 
 const c10::TypedOperatorHandle<FusedFwdFn>& fused_fwd_op() {
   static const auto op = c10::Dispatcher::singleton()
@@ -145,7 +145,7 @@ class MoMLoss : public torch::autograd::Function<MoMLoss> {
             d.at("mom_norm").toStringRef()));
       }
       fused_bwd_op().call(g, grads[0], saved[1], d.at("gscale").toTensor(),
-                          d.at("ignore_index").toInt());
+                          d.at("o_index").toInt(), d.at("ignore_index").toInt());
       result[0] = std::move(g);
       return result;
     }

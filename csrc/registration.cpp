@@ -44,18 +44,19 @@ TORCH_LIBRARY(momkernels, m) {
       "float dice_smooth, float label_smoothing) -> Tensor");
   // Forward that also returns the gradient for a unit upstream gradient (CPU;
   // the Autograd kernel of mom_loss_fwd uses it for small C): (loss, stats,
-  // coef, grad_fused (N, C) in input's dtype, gscale (1,) math dtype).  The
-  // gradient of the loss is grad_fused * upstream * gscale (ignored rows 0).
+  // coef, grad_fused (N, C) in input's dtype, gscale (3,) math dtype = (global
+  // factor g, rel_a, rel_b)).  The gradient of the loss is grad_fused * upstream
+  // * g, with exact zeros in rows that are ignored or whose coefficient
+  // rel_a + rel_b [y == o_index] is 0.
   m.def(
       "mom_loss_fwd_fused(Tensor input, Tensor target, Tensor? weight, float lam, int o_index, "
       "int ignore_index, str loss, float gamma, float dice_alpha, float dice_smooth, "
       "float label_smoothing, str reduction, str mom_norm) -> (Tensor, Tensor, Tensor, Tensor, "
       "Tensor)");
-  // In place: grad_fused *= upstream * gscale (rows whose target is
-  // ignore_index become exactly 0).
+  // In place: grad_fused *= upstream * g (see above).
   m.def(
       "mom_loss_bwd_fused_(Tensor(a!) grad_fused, Tensor grad, Tensor target, Tensor gscale, "
-      "int ignore_index) -> ()");
+      "int o_index, int ignore_index) -> ()");
   m.def("build_info() -> str", &build_info);
 }
 

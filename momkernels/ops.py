@@ -80,10 +80,10 @@ if _load_error is None:
                                               loss, gamma, dice_alpha, dice_smooth,
                                               label_smoothing, reduction, mom_norm)
         grad = torch.empty(input.shape, dtype=input.dtype, device=input.device)
-        return out, stats, coef, grad, input.new_empty((1,), dtype=_math_dtype(input.dtype))
+        return out, stats, coef, grad, input.new_empty((3,), dtype=_math_dtype(input.dtype))
 
     @torch.library.register_fake("momkernels::mom_loss_bwd_fused_")
-    def _mom_loss_bwd_fused_fake(grad_fused, grad, target, gscale, ignore_index):
+    def _mom_loss_bwd_fused_fake(grad_fused, grad, target, gscale, o_index, ignore_index):
         return None
 
     @torch.library.register_fake("momkernels::mom_loss_bwd")

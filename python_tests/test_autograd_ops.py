@@ -146,7 +146,7 @@ def test_opcheck_backward(args):
         _, _, _, gf, gscale = torch.ops.momkernels.mom_loss_fwd_fused(x.detach(), t, w, lam, o,
                                                                      ign, loss, gamma, al, de,
                                                                      ls, red, norm)
-        torch.ops.momkernels.mom_loss_bwd_fused_(gf, grad, t, gscale, ign)
+        torch.ops.momkernels.mom_loss_bwd_fused_(gf, grad, t, gscale, o, ign)
         assert torch.equal(gf, ga)
     else:
         assert torch.equal(gi, ga)
@@ -173,9 +173,9 @@ def test_opcheck_fused_ops(args):
     assert torch.equal(out, out2) or (out.isnan().all() and out2.isnan().all())
     grad = torch.rand_like(out) + 0.5
     torch.library.opcheck(torch.ops.momkernels.mom_loss_bwd_fused_.default,
-                          (gf.clone(), grad, t, gscale, ign),
+                          (gf.clone(), grad, t, gscale, o, ign),
                           test_utils=("test_schema", "test_faketensor"))
-    torch.ops.momkernels.mom_loss_bwd_fused_(gf, grad, t, gscale, ign)
+    torch.ops.momkernels.mom_loss_bwd_fused_(gf, grad, t, gscale, o, ign)
     gi = torch.ops.momkernels.mom_loss_bwd(grad, x, t, w, stats2, coef2, o, ign, loss, gamma, al,
                                           de, ls)
     half = x.dtype in (torch.float16, torch.bfloat16)

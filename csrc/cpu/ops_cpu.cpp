@@ -269,9 +269,18 @@ FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
       b.grad_in = grad.data_ptr();
       at::parallel_for(0, nb, task_grain(a.c), [&](int64_t b0, int64_t b1) { k.backward(b, b0, b1); });
     }
-    res.gscale = at::empty({1}, input.options().dtype(acc));
-    if (acc == at::kDouble) res.gscale.data_ptr<double>()[0] = gscale;
-    else res.gscale.data_ptr<float>()[0] = float(gscale);
+    // (global factor, rel_a, rel_b); not inline: the gradient already has the
+    // real coefficients (a, b), the global factor is 1 and (a, b) only say
+    // which rows are exactly 0
+    const double ra = inline_grad ? rel_a : r.a, rb = inline_grad ? rel_b : r.b;
+    res.gscale = at::empty({3}, input.options().dtype(acc));
+    if (acc == at::kDouble) {
+      double* p = res.gscale.data_ptr<double>();
+      p[0] = gscale; p[1] = ra; p[2] = rb;
+    } else {
+      float* p = res.gscale.data_ptr<float>();
+      p[0] = float(gscale); p[1] = float(ra); p[2] = float(rb);
+    }
   }
   return res;
 }
@@ -302,7 +311,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mom_loss_
 // is ignore_index (or out of range) become exactly 0, as in mom_loss_bwd.
 template <typename acc_t>
 void scale_fused_grad(at::Tensor& G, const at::Tensor& grad, const at::Tensor& target,
-                      acc_t gscale, int64_t ignore_index) {
+                      const at::Tensor& gscale_t, int64_t ignore_index, int64_t o_index) {
+  const at::Tensor gs = gscale_t.to(at::kDouble).contiguous();
+  const double* gsp = gs.const_data_ptr<double>();
+  const acc_t gscale = acc_t(gsp[0]);
+  const bool zero_a = gsp[1] == 0.0, zero_ab = gsp[1] + gsp[2] == 0.0;
   using Vec = at::vec::Vectorized<acc_t>;
   const int64_t N = G.size(0), C = G.size(1);
   acc_t* g = G.data_ptr<acc_t>();
@@ -325,8 +338,10 @@ void scale_fused_grad(at::Tensor& G, const at::Tensor& grad, const at::Tensor& t
     for (int64_t i = r0; i < r1; ++i) {
       const int64_t y = t32 ? int64_t(static_cast<const int32_t*>(tp)[i * sT])
                             : static_cast<const int64_t*>(tp)[i * sT];
-      const bool valid = y != ignore_index && y >= 0 && y < C;
-      const acc_t s = valid ? (per_row ? u[i] : u[0]) * gscale : acc_t(0);
+      // rows without a valid target, or whose coefficient is exactly 0, get
+      // exact zeros (as mom_loss_bwd: never 0 * inf)
+      const bool live = y != ignore_index && y >= 0 && y < C && !(y == o_index ? zero_ab : zero_a);
+      const acc_t s = live ? (per_row ? u[i] : u[0]) * gscale : acc_t(0);
       acc_t* row = g + i * C;
       if (s == acc_t(0)) {
         std::fill(row, row + C, acc_t(0));
@@ -338,22 +353,22 @@ void scale_fused_grad(at::Tensor& G, const at::Tensor& grad, const at::Tensor& t
 }
 
 void mom_loss_bwd_fused_cpu(at::Tensor& G, const at::Tensor& grad, const at::Tensor& target,
-                            const at::Tensor& gscale, int64_t ignore_index) {
+                            const at::Tensor& gscale, int64_t o_index, int64_t ignore_index) {
   TORCH_CHECK_VALUE(G.dim() == 2 && G.is_contiguous() && target.dim() == 1 &&
-                        target.size(0) == G.size(0) && gscale.numel() == 1,
+                        target.size(0) == G.size(0) && gscale.numel() == 3,
                     "momkernels: mom_loss_bwd_fused_: bad arguments");
   TORCH_CHECK_VALUE(grad.dim() == 0 || (grad.dim() == 1 && grad.size(0) == G.size(0)),
                     "momkernels: grad must be 0-dim or (N,); got ", grad.sizes());
   if (G.scalar_type() == at::kDouble) {
-    scale_fused_grad<double>(G, grad, target, gscale.to(at::kDouble).item<double>(), ignore_index);
+    scale_fused_grad<double>(G, grad, target, gscale, ignore_index, o_index);
   } else {
     TORCH_CHECK_VALUE(G.scalar_type() == at::kFloat || at::isReducedFloatingType(G.scalar_type()),
                       "momkernels: mom_loss_bwd_fused_: unsupported dtype ", G.scalar_type());
     if (G.scalar_type() == at::kFloat) {
-      scale_fused_grad<float>(G, grad, target, gscale.to(at::kFloat).item<float>(), ignore_index);
+      scale_fused_grad<float>(G, grad, target, gscale, ignore_index, o_index);
     } else {  // half types: scale in float, round once more
       at::Tensor Gf = G.to(at::kFloat);
-      scale_fused_grad<float>(Gf, grad, target, gscale.to(at::kFloat).item<float>(), ignore_index);
+      scale_fused_grad<float>(Gf, grad, target, gscale, ignore_index, o_index);
       G.copy_(Gf);
     }
   }
