@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import shlex
 import sys
@@ -72,6 +73,8 @@ def parser():
     p.add_argument("--doc", default=str(REPO / "docs" / "paper_comparison.md"))
     p.add_argument("--resume", action="store_true")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0 = torch's default; 1 is much faster on a busy machine)")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -83,7 +86,8 @@ def train_config(args, **over):
             "--max-length", str(args.max_length), "--max-train", str(args.max_train),
             "--max-eval", str(args.max_eval), "--gamma", str(args.gamma),
             "--wce2-beta", str(args.wce2_beta), "--backend", args.backend, "--lam", str(PAPER_LAM),
-            "--seeds", args.seeds, "--losses", "ce", "--out", args.out]
+            "--seeds", args.seeds, "--losses", "ce", "--out", args.out,
+            "--threads", str(args.threads)]
     if args.quiet:
         argv.append("--quiet")
     cfg = tn.finalize_config(tn.parser().parse_args(argv))
@@ -230,7 +234,8 @@ def main(argv=None):
     n_cpu = torch.get_num_threads()
     meta.update({
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()} CPU, {n_cpu} torch threads, torch {torch.__version__}"
+        "machine": f"{platform.machine()} CPU ({os.cpu_count()} cores), {n_cpu} torch threads, "
+                   f"torch {torch.__version__}"
                    + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
         "model": args.model,
         "model_desc": ("all-MiniLM-L6-v2: 6-layer uncased BERT, hidden 384, 22 M parameters, "
