@@ -76,6 +76,8 @@ struct KernelTable {
   const char* isa;
   void (*forward)(const FwdArgs&, int64_t block_begin, int64_t block_end);
   void (*backward)(const BwdArgs&, int64_t block_begin, int64_t block_end);
+  // in place g[0:n] *= s, float or double g (the fused backward)
+  void (*scale)(void* g, c10::ScalarType dtype, int64_t n, double s);
 };
 
 // The kernels for this CPU (at::get_cpu_capability(), so ATEN_CPU_CAPABILITY

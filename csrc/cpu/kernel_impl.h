@@ -386,6 +386,50 @@ inline void classify_lanes(const Common& c, int64_t i0, int64_t nr, const acc_t*
   }
 }
 
+// Targets of a block as acc_t: the class for a valid row, -1 for an ignored
+// or out-of-range one (and for the padding up to a multiple of V); returns the
+// first out-of-range row (not ignore_index), or -1.  Contiguous int64 / int32
+// targets take a branch-free loop the compiler vectorises.
+template <typename acc_t, typename tgt_t>
+inline bool classify_span(const tgt_t* t, int64_t n, int64_t C, int64_t ignore, acc_t* ycls) {
+  bool any_bad = false;
+  for (int64_t l = 0; l < n; ++l) {
+    const int64_t y = int64_t(t[l]);
+    const bool ign = y == ignore;
+    const bool in_range = static_cast<uint64_t>(y) < static_cast<uint64_t>(C);
+    ycls[l] = (in_range && !ign) ? acc_t(y) : acc_t(-1);
+    any_bad |= !ign && !in_range;
+  }
+  return any_bad;
+}
+
+template <typename acc_t>
+inline int64_t classify_block(const Common& c, int64_t r0, int64_t n, int64_t n_pad,
+                              acc_t* ycls) {
+  bool any_bad;
+  if (c.sT == 1) {
+    any_bad = c.t_int32
+                  ? classify_span(static_cast<const int32_t*>(c.t) + r0, n, c.C, c.ignore_index, ycls)
+                  : classify_span(static_cast<const int64_t*>(c.t) + r0, n, c.C, c.ignore_index, ycls);
+  } else {
+    any_bad = false;
+    for (int64_t l = 0; l < n; ++l) {
+      const int64_t y = load_target(c, r0 + l);
+      const bool ign = y == c.ignore_index;
+      const bool in_range = static_cast<uint64_t>(y) < static_cast<uint64_t>(c.C);
+      ycls[l] = (in_range && !ign) ? acc_t(y) : acc_t(-1);
+      any_bad |= !ign && !in_range;
+    }
+  }
+  for (int64_t l = n; l < n_pad; ++l) ycls[l] = acc_t(-1);
+  if (!any_bad) return -1;
+  for (int64_t l = 0; l < n; ++l) {  // rare: find the first bad row
+    const int64_t y = load_target(c, r0 + l);
+    if (y != c.ignore_index && (y < 0 || y >= c.C)) return r0 + l;
+  }
+  return -1;
+}
+
 template <typename scalar_t>
 void forward_tile(const FwdArgs& a, int64_t blk) {
   using acc_t = acc_t_of<scalar_t>;
@@ -399,9 +443,9 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
   const bool is_ce = c.opt.kind == LossKind::CE;
   const acc_t eps = acc_t(c.opt.label_smoothing);
   alignas(64) acc_t cols[kTileMaxC * V];
-  alignas(64) acc_t m_l[V], logs_l[V], ell_l[V], wdev_l[V], h_l[V];
-  Lanes<acc_t, V> L;
-  const Vec one(1), zero(0);
+  alignas(64) acc_t m_l[V], logs_l[V], ell_l[V], h_l[V], xy_l[V], wy_l[V], isx_l[V];
+  alignas(64) acc_t ycls[kTileRows + V];
+  const Vec one(1), zero(0), minus_one(-1);
   // fused gradient: only for float / double logits (the gradient is written
   // in the logits dtype and later scaled: a half-precision one would be
   // rounded twice)
@@ -409,16 +453,32 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
   const bool fused = kCanFuse && a.gfused != nullptr;
   alignas(64) acc_t ecols[kCanFuse ? kTileMaxC * V : 1];
   const Vec rel_a(acc_t(a.rel_a)), rel_ab(acc_t(a.rel_a + a.rel_b));
+  // o_index as acc_t; one that is not a class (cross_entropy passes -1)
+  // never matches a valid row, whose class is >= 0
+  const Vec o_f(c.o_index >= 0 && c.o_index < C ? acc_t(c.o_index) : acc_t(-2));
   // block sums kept in vector lanes (each lane adds block_rows / V rows), then
   // added in double at the end: fixed order, so deterministic
   Vec acc_valid(0), acc_o(0), acc_den(0);
-  int64_t first_bad = -1;
   const int64_t r0 = blk * c.block_rows, r1 = std::min(c.N, r0 + c.block_rows);
+  const int64_t nrows = r1 - r0;
+  const int64_t first_bad = classify_block<acc_t>(c, r0, nrows, (nrows + V - 1) / V * V, ycls);
   for (int64_t i0 = r0; i0 < r1; i0 += V) {
     const int64_t nr = std::min<int64_t>(V, r1 - i0);
     load_cols<scalar_t, acc_t>(c, i0, nr, cols);
+    const Vec yv = Vec::loadu(ycls + (i0 - r0));
+    const Vec valid = yv > minus_one;          // all-ones lanes: a valid row
+    const Vec is_o = valid & (yv == o_f);
+    // max, and the target logit / weight picked by class (no per-lane code)
     Vec m = Vec::loadu(cols);
-    for (int64_t j = 1; j < C; ++j) m = at::vec::maximum(m, Vec::loadu(cols + j * V));
+    Vec xy = Vec::blendv(zero, m, yv == zero);
+    Vec wy = w ? Vec::blendv(zero, Vec(w[0]), yv == zero) : Vec::blendv(zero, one, valid);
+    for (int64_t j = 1; j < C; ++j) {
+      const Vec col = Vec::loadu(cols + j * V);
+      const Vec is_j = yv == Vec(acc_t(j));
+      m = at::vec::maximum(m, col);
+      xy = Vec::blendv(xy, col, is_j);
+      if (w) wy = Vec::blendv(wy, Vec(w[j]), is_j);
+    }
     Vec ties(0), rest(0), wdev(0);
     for (int64_t j = 0; j < C; ++j) {
       const Vec e = bulk_exp(Vec::loadu(cols + j * V) - m);
@@ -433,10 +493,6 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
       for (int64_t j = 0; j < C; ++j)
         wdev += (m - Vec::loadu(cols + j * V)) * Vec(w ? w[j] : acc_t(1));
     }
-    classify_lanes<acc_t, V>(c, i0, nr, cols, L);
-    if (L.any_bad && first_bad < 0) first_bad = L.first_bad;
-    const Vec xy = Vec::loadu(L.xy), wy = Vec::loadu(L.wy);
-    const Vec valid = (Vec::loadu(L.valid) == one), is_o = (Vec::loadu(L.is_o) == one);
     Vec ell;
     if (is_ce) {
       ell = wy * (logs - (xy - m));  // w_y * -log p_y
@@ -447,13 +503,21 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
     } else {  // focal / dice: per-lane scalar (pow, expm1)
       m.store(m_l);
       logs.store(logs_l);
+      xy.store(xy_l);
+      wy.store(wy_l);
+      Vec::blendv(zero, one, valid).store(isx_l);
       for (int64_t l = 0; l < V; ++l) {
-        const auto rl = row_loss<acc_t>((L.xy[l] - m_l[l]) - logs_l[l], c.opt);
-        ell_l[l] = L.valid[l] != acc_t(0) ? L.wy[l] * rl.value : acc_t(0);
-        h_l[l] = L.valid[l] != acc_t(0) ? rl.h : acc_t(0);
+        const bool v = isx_l[l] != acc_t(0);
+        const auto rl = row_loss<acc_t>(v ? (xy_l[l] - m_l[l]) - logs_l[l] : acc_t(0), c.opt);
+        ell_l[l] = v ? wy_l[l] * rl.value : acc_t(0);
+        h_l[l] = v ? rl.h : acc_t(0);
       }
       ell = Vec::loadu(ell_l);
     }
+    ell = Vec::blendv(zero, ell, valid);
+    acc_valid += ell;
+    acc_o += Vec::blendv(zero, ell, is_o);
+    acc_den += wy;
     if constexpr (kCanFuse) {
       if (fused) {
         // the backward of this group, with the row's relative coefficient as
@@ -468,9 +532,6 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
         const Vec P = (A + Bs) / (ties + rest);
         Vec gy = A * lp.expm1();
         if (smooth) gy = gy + Bs * lp.exp() - S * wy;
-        alignas(64) acc_t yf_l[V];
-        for (int64_t l = 0; l < V; ++l) yf_l[l] = acc_t(L.y[l]);
-        const Vec yv = Vec::loadu(yf_l);
         for (int64_t j = 0; j < C; ++j) {
           Vec g = P * Vec::loadu(ecols + j * V);
           if (smooth) g = g - S * Vec(w ? w[j] : acc_t(1));
@@ -482,26 +543,29 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
         store_rows<acc_t, V>(ecols, C, nr, gout);
       }
     }
-    ell = Vec::blendv(zero, ell, valid);
-    acc_valid += ell;
-    acc_o += Vec::blendv(zero, ell, is_o);
-    acc_den += wy;
-    m.store(m_l);
-    logs.store(logs_l);
-    ell.store(ell_l);
-    for (int64_t l = 0; l < nr; ++l) {
-      const int64_t i = i0 + l;
-      const bool v = L.valid[l] != acc_t(0);
-      stats[2 * i] = v ? m_l[l] : acc_t(0);
-      stats[2 * i + 1] = v ? logs_l[l] : acc_t(0);
+    // stats (max, log normaliser) per row, 0 for rows without a valid target
+    const Vec ms = Vec::blendv(zero, m, valid), ls = Vec::blendv(zero, logs, valid);
+    if (nr == V) {
+      const auto il = at::vec::interleave2<acc_t>(ms, ls);
+      std::get<0>(il).store(stats + 2 * i0);
+      std::get<1>(il).store(stats + 2 * i0 + V);
+    } else {
+      ms.store(m_l);
+      ls.store(logs_l);
+      for (int64_t l = 0; l < nr; ++l) {
+        stats[2 * (i0 + l)] = m_l[l];
+        stats[2 * (i0 + l) + 1] = logs_l[l];
+      }
     }
     if (a.none_out) {
       scalar_t* out = static_cast<scalar_t*>(a.none_out);
+      ell.store(ell_l);
+      Vec::blendv(zero, one, is_o).store(isx_l);
       for (int64_t l = 0; l < nr; ++l) {
-        const double coef = L.is_o[l] != acc_t(0) ? a.none_a + a.none_b : a.none_a;
+        const double coef = isx_l[l] != acc_t(0) ? a.none_a + a.none_b : a.none_a;
         out[i0 + l] = static_cast<scalar_t>(acc_t(coef) * ell_l[l]);
       }
-      if (L.any_bad) {  // rare: mark out-of-range rows NaN, as the GPU kernels do
+      if (first_bad >= 0) {  // rare: mark out-of-range rows NaN, as the GPU kernels do
         for (int64_t l = 0; l < nr; ++l) {
           const int64_t y = load_target(c, i0 + l);
           if (y != c.ignore_index && (y < 0 || y >= C))
@@ -524,6 +588,13 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
   a.partials[3 * blk + 1] = s_o;
   a.partials[3 * blk + 2] = denom;
   a.bad_row[blk] = first_bad;
+}
+
+// In place: g[e] *= s over a flat span (the fused backward's common case).
+template <typename acc_t>
+void scale_span(acc_t* g, int64_t n, acc_t s) {
+  using Vec = Vectorized<acc_t>;
+  at::vec::map([s](Vec v) { return v * Vec(s); }, g, g, n);
 }
 
 // ---------------------------------------------------------------- backward
@@ -710,7 +781,14 @@ inline void backward(const BwdArgs& a, int64_t b0, int64_t b1) {
 #define MOMK_STR2(s) #s
 #define MOMK_STR(s) MOMK_STR2(s)
 
-KernelTable kernels() { return KernelTable{MOMK_STR(CPU_CAPABILITY), &forward, &backward}; }
+inline void scale(void* g, c10::ScalarType t, int64_t n, double s) {
+  if (t == c10::ScalarType::Double) scale_span<double>(static_cast<double*>(g), n, s);
+  else scale_span<float>(static_cast<float*>(g), n, float(s));
+}
+
+KernelTable kernels() {
+  return KernelTable{MOMK_STR(CPU_CAPABILITY), &forward, &backward, &scale};
+}
 
 }  // namespace CPU_CAPABILITY
 }  // namespace momkernels::cpu

@@ -316,7 +316,6 @@ void scale_fused_grad(at::Tensor& G, const at::Tensor& grad, const at::Tensor& t
   const double* gsp = gs.const_data_ptr<double>();
   const acc_t gscale = acc_t(gsp[0]);
   const bool zero_a = gsp[1] == 0.0, zero_ab = gsp[1] + gsp[2] == 0.0;
-  using Vec = at::vec::Vectorized<acc_t>;
   const int64_t N = G.size(0), C = G.size(1);
   acc_t* g = G.data_ptr<acc_t>();
   const at::Tensor up = grad.to(G.scalar_type()).contiguous();
@@ -325,8 +324,9 @@ void scale_fused_grad(at::Tensor& G, const at::Tensor& grad, const at::Tensor& t
   const acc_t s0 = u[0] * gscale;
   if (!per_row && s0 != acc_t(0) && std::isfinite(s0)) {
     // ignored rows hold exact zeros already: one flat multiply
+    const KernelTable& k = kernels_for_this_cpu();
     at::parallel_for(0, N * C, 1 << 16, [&](int64_t e0, int64_t e1) {
-      at::vec::map([s0](Vec v) { return v * Vec(s0); }, g + e0, g + e0, e1 - e0);
+      k.scale(g + e0, G.scalar_type(), e1 - e0, double(s0));
     });
     return;
   }
