@@ -325,7 +325,9 @@ void scale_fused_grad(at::Tensor& G, const at::Tensor& grad, const at::Tensor& t
   if (!per_row && s0 != acc_t(0) && std::isfinite(s0)) {
     // ignored rows hold exact zeros already: one flat multiply
     const KernelTable& k = kernels_for_this_cpu();
-    at::parallel_for(0, N * C, 1 << 16, [&](int64_t e0, int64_t e1) {
+    // (one thread below 256K elements: waking a second one costs more than
+    // the multiply of an NER batch, 8192 x 9)
+    at::parallel_for(0, N * C, 1 << 18, [&](int64_t e0, int64_t e1) {
       k.scale(g + e0, G.scalar_type(), e1 - e0, double(s0));
     });
     return;
