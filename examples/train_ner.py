@@ -381,7 +381,7 @@ def evaluate(model, data, labels, pad_id, device, batch_size=64) -> dict:
 
 
 def make_loss_fn(loss_name: str, *, o_index: int, lam: float, gamma: float, backend: str,
-                 weight: Optional[torch.Tensor], distributed: bool):
+                 weight: Optional[torch.Tensor], distributed: bool, mom_norm: str = "valid"):
     """f(logits (B, T, C), labels (B, T)) -> scalar loss (mean over valid
     tokens of the global batch under DDP, see module docstring)."""
     if loss_name == "torch-ce":
@@ -399,6 +399,11 @@ def make_loss_fn(loss_name: str, *, o_index: int, lam: float, gamma: float, back
         return f
 
     kw: dict = {"backend": backend, "o_index": o_index}
+    if loss_name.startswith("mom") and mom_norm != "valid":
+        if distributed:
+            raise SystemExit(f"--mom-norm {mom_norm} is not supported with torchrun (the global-mean "
+                             "DDP loss needs mom_norm='valid')")
+        kw["mom_norm"] = mom_norm
     if loss_name in ("ce", "wce", "wce2"):
         kw.update(lam=1.0, loss="ce", weight=weight if loss_name != "ce" else None)
     elif loss_name == "mom":
@@ -500,7 +505,8 @@ def train_one(cfg, loss_name: str, seed: int, prepared: Optional[Prepared] = Non
     if weight is not None:
         weight = weight.to(device)
     loss_fn = make_loss_fn(loss_name, o_index=prep.o_index, lam=lam, gamma=cfg.gamma,
-                           backend=cfg.backend, weight=weight, distributed=distributed)
+                           backend=cfg.backend, weight=weight, distributed=distributed,
+                           mom_norm=cfg.mom_norm)
 
     lengths = [len(d["input_ids"]) for d in prep.train]
     rng = random.Random(seed)
@@ -586,6 +592,7 @@ def train_one(cfg, loss_name: str, seed: int, prepared: Optional[Prepared] = Non
     rec = {
         "loss": name, "loss_fn": loss_name, "seed": seed,
         "lam": lam if loss_name.startswith("mom") else 1.0,
+        "mom_norm": cfg.mom_norm if loss_name.startswith("mom") else None,
         "gamma": cfg.gamma if "focal" in loss_name else None,
         "model": cfg.model, "data": str(cfg.data), "epochs": epochs, "lr": cfg.lr,
         "batch_size": cfg.batch_size, "max_length": cfg.max_length,
@@ -761,6 +768,10 @@ def parser() -> argparse.ArgumentParser:
                    help="comma list of " + ",".join(ALL_LOSSES))
     p.add_argument("--lam", type=float, default=0.175, help="MoM lambda (paper: 0.175)")
     p.add_argument("--gamma", type=float, default=2.0, help="focal gamma")
+    p.add_argument("--mom-norm", default="valid", choices=("valid", "rows"),
+                   help="MoM term's denominator (SPEC.md): 'valid' = valid tokens (weight 1 on O "
+                        "tokens, lam on entity tokens); 'rows' = all padded positions, the "
+                        "paper's (1/M)(1/N)")
     p.add_argument("--wce2-beta", type=float, default=1.0, help="beta of the wce2 weights")
     p.add_argument("--backend", default="auto", help="momkernels backend: auto|cpp|torch|triton")
     p.add_argument("--seeds", default="0,1")

@@ -161,6 +161,9 @@ def test_loss_functions_match_momkernels(tn):
     for name, ref in cases.items():
         f = tn.make_loss_fn(name, weight=w if name == "wce" else None, **kw)
         torch.testing.assert_close(f(logits, lab), ref, rtol=1e-5, atol=1e-6)
+    f = tn.make_loss_fn("mom", weight=None, mom_norm="rows", **kw)
+    ref = momkernels.mom_cross_entropy(x, y, 0.3, o_index=0, mom_norm="rows", backend="torch")
+    torch.testing.assert_close(f(logits, lab), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_main_end_to_end_tiny(tn, tmp_path):
