@@ -312,13 +312,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mom_loss_
 template <typename acc_t>
 void scale_fused_grad(at::Tensor& G, const at::Tensor& grad, const at::Tensor& target,
                       const at::Tensor& gscale_t, int64_t ignore_index, int64_t o_index) {
-  const at::Tensor gs = gscale_t.to(at::kDouble).contiguous();
-  const double* gsp = gs.const_data_ptr<double>();
+  // gscale = (global factor, rel_a, rel_b), float or double: read in place
+  // (no conversion op: this runs in every training step)
+  double gsp[3];
+  for (int k = 0; k < 3; ++k) {
+    const int64_t off = k * gscale_t.stride(0);
+    gsp[k] = gscale_t.scalar_type() == at::kDouble ? gscale_t.const_data_ptr<double>()[off]
+                                                   : double(gscale_t.const_data_ptr<float>()[off]);
+  }
   const acc_t gscale = acc_t(gsp[0]);
   const bool zero_a = gsp[1] == 0.0, zero_ab = gsp[1] + gsp[2] == 0.0;
   const int64_t N = G.size(0), C = G.size(1);
   acc_t* g = G.data_ptr<acc_t>();
-  const at::Tensor up = grad.to(G.scalar_type()).contiguous();
+  const at::Tensor up = grad.scalar_type() == G.scalar_type() && grad.is_contiguous()
+                           ? grad
+                           : grad.to(G.scalar_type()).contiguous();
   const acc_t* u = up.const_data_ptr<acc_t>();
   const bool per_row = grad.dim() == 1;
   const acc_t s0 = u[0] * gscale;
@@ -357,7 +365,8 @@ void scale_fused_grad(at::Tensor& G, const at::Tensor& grad, const at::Tensor& t
 void mom_loss_bwd_fused_cpu(at::Tensor& G, const at::Tensor& grad, const at::Tensor& target,
                             const at::Tensor& gscale, int64_t o_index, int64_t ignore_index) {
   TORCH_CHECK_VALUE(G.dim() == 2 && G.is_contiguous() && target.dim() == 1 &&
-                        target.size(0) == G.size(0) && gscale.numel() == 3,
+                        target.size(0) == G.size(0) && gscale.numel() == 3 &&
+                        (gscale.scalar_type() == at::kFloat || gscale.scalar_type() == at::kDouble),
                     "momkernels: mom_loss_bwd_fused_: bad arguments");
   TORCH_CHECK_VALUE(grad.dim() == 0 || (grad.dim() == 1 && grad.size(0) == G.size(0)),
                     "momkernels: grad must be 0-dim or (N,); got ", grad.sizes());
