@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import momkernels
+from helpers import BACKENDS
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
@@ -81,3 +82,18 @@ def test_cross_entropy_ignore_index_int64_min():
             continue
         got = momkernels.cross_entropy(x, t, ignore_index=-2**63, backend=backend)
         torch.testing.assert_close(got, F.cross_entropy(x, t, ignore_index=-2**63))
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_backward_of_empty_batch(reduction, dtype):
+    """Regression (found by the long hypothesis profile): the CPU fused
+    backward read the first upstream gradient of an empty (0,) grad for
+    reduction='none' and N = 0 -- a segfault.  Every backend: an empty
+    (0, C) gradient."""
+    for backend in BACKENDS:
+        x = torch.randn(0, 5, dtype=dtype, requires_grad=True)
+        t = torch.zeros(0, dtype=torch.long)
+        out = momkernels.mom_cross_entropy(x, t, 0.3, reduction=reduction, backend=backend)
+        (g,) = torch.autograd.grad(out, x, torch.ones_like(out))
+        assert g.shape == (0, 5) and g.dtype == dtype

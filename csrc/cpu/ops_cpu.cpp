@@ -329,7 +329,8 @@ void scale_fused_grad(at::Tensor& G, const at::Tensor& grad, const at::Tensor& t
                            : grad.to(G.scalar_type()).contiguous();
   const acc_t* u = up.const_data_ptr<acc_t>();
   const bool per_row = grad.dim() == 1;
-  const acc_t s0 = u[0] * gscale;
+  // per-row grad may be empty (N = 0): only a 0-dim grad is read here
+  const acc_t s0 = per_row ? acc_t(0) : u[0] * gscale;
   if (!per_row && s0 != acc_t(0) && std::isfinite(s0)) {
     // ignored rows hold exact zeros already: one flat multiply
     const KernelTable& k = kernels_for_this_cpu();
