@@ -15,6 +15,18 @@ from helpers import (BACKENDS, DTYPES, HAS_CPP, INTERPRETED, assert_bitwise_equa
                      check_against_oracle, make_logits, make_targets, make_weight)
 
 
+def _loss_options(draw, loss):
+    """The options of one loss drawn for a property test (shared by the
+    strategies below)."""
+    if loss == "ce":
+        return {"label_smoothing": draw(st.sampled_from([0.0, 0.0, 0.1, 1.0]) | st.floats(0, 1))}
+    if loss == "focal":
+        # gamma >= 1: see test_edge_cases.test_single_class_is_constant for gamma < 1
+        return {"gamma": draw(st.sampled_from([1.0, 2.0]) | st.floats(1.0, 5.0))}
+    return {"dice_alpha": draw(st.sampled_from([1.0]) | st.floats(1.0, 3.0)),
+            "dice_smooth": draw(st.sampled_from([0.01, 1.0]) | st.floats(1e-3, 2.0))}
+
+
 @st.composite
 def mom_problems(draw):
     N = draw(st.integers(0, 40))
@@ -28,14 +40,7 @@ def mom_problems(draw):
         reduction=draw(st.sampled_from(["mean", "sum", "none"])),
         mom_norm=draw(st.sampled_from(["valid", "rows"])),
     )
-    if loss == "ce":
-        kw["label_smoothing"] = draw(st.sampled_from([0.0, 0.0, 0.1, 1.0]) | st.floats(0, 1))
-    elif loss == "focal":
-        # gamma >= 1: see test_edge_cases.test_single_class_is_constant for gamma < 1
-        kw["gamma"] = draw(st.sampled_from([1.0, 2.0]) | st.floats(1.0, 5.0))
-    else:
-        kw["dice_alpha"] = draw(st.sampled_from([1.0]) | st.floats(1.0, 3.0))
-        kw["dice_smooth"] = draw(st.sampled_from([0.01, 1.0]) | st.floats(1e-3, 2.0))
+    kw.update(_loss_options(draw, loss))
     ignore_index = draw(st.sampled_from([-100, -1, C]))
     kw["ignore_index"] = ignore_index
     ignore_frac = draw(st.sampled_from([0.0, 0.3, 1.0]) | st.floats(0.0, 1.0))
@@ -91,13 +96,7 @@ def large_c_problems(draw, max_c=70001):
         reduction=draw(st.sampled_from(["mean", "sum", "none"])),
         mom_norm=draw(st.sampled_from(["valid", "rows"])),
     )
-    if loss == "ce":
-        kw["label_smoothing"] = draw(st.sampled_from([0.0, 0.0, 0.1, 1.0]) | st.floats(0, 1))
-    elif loss == "focal":
-        kw["gamma"] = draw(st.sampled_from([1.0, 2.0]) | st.floats(1.0, 5.0))
-    else:
-        kw["dice_alpha"] = draw(st.sampled_from([1.0]) | st.floats(1.0, 3.0))
-        kw["dice_smooth"] = draw(st.sampled_from([0.01, 1.0]) | st.floats(1e-3, 2.0))
+    kw.update(_loss_options(draw, loss))
     kw["ignore_index"] = draw(st.sampled_from([-100, -1, C]))
     ignore_frac = draw(st.sampled_from([0.0, 0.5, 1.0]))
     kind = draw(st.sampled_from(["random", "ner"]))
