@@ -8,9 +8,11 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <tuple>
+#include <typeinfo>
 
 namespace momkernels {
 namespace {
@@ -71,6 +73,26 @@ const c10::TypedOperatorHandle<BwdFn>& bwd_op() {
                              .findSchemaOrThrow("momkernels::mom_loss_bwd", "")
                              .typed<BwdFn>();
   return op;
+}
+
+// A real (not fake, functional, batched or subclass) CPU tensor whose data
+// can be read on the host.  Under torch.compile / opcheck the backward runs
+// on fake tensors: those always take the operator call.
+bool is_plain_cpu(const at::Tensor& t) {
+  if (!t.defined() || !t.device().is_cpu() || t.layout() != at::kStrided) return false;
+  const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+  if (typeid(*impl) != typeid(c10::TensorImpl)) return false;  // wrapper subclasses
+  const c10::DispatchKeySet ks = impl->key_set();
+  return !ks.has(c10::DispatchKey::Python) && !ks.has(c10::DispatchKey::Functionalize) &&
+         t.has_storage() && t.storage().data() != nullptr;
+}
+
+// The value of a 0-dim float / double plain CPU tensor, or NaN if it is not one.
+double scalar_value(const at::Tensor& t) {
+  if (!is_plain_cpu(t) || t.dim() != 0) return std::nan("");
+  if (t.scalar_type() == at::kFloat) return double(*t.const_data_ptr<float>());
+  if (t.scalar_type() == at::kDouble) return *t.const_data_ptr<double>();
+  return std::nan("");
 }
 
 class MoMLoss : public torch::autograd::Function<MoMLoss> {
@@ -144,8 +166,18 @@ class MoMLoss : public torch::autograd::Function<MoMLoss> {
             d.at("label_smoothing").toDouble(), d.at("reduction").toStringRef(),
             d.at("mom_norm").toStringRef()));
       }
-      fused_bwd_op().call(g, grads[0], saved[1], d.at("gscale").toTensor(),
-                          d.at("o_index").toInt(), d.at("ignore_index").toInt());
+      const at::Tensor& gscale = d.at("gscale").toTensor();
+      // loss.backward() of a mean / sum: the upstream gradient is 1 and the
+      // forward already folded the global factor in (gscale[0] == 1), so the
+      // buffer is the gradient as it is: no operator call, no pass over it
+      const bool unit = scalar_value(grads[0]) == 1.0 && is_plain_cpu(gscale) &&
+                        gscale.scalar_type() == g.scalar_type() &&
+                        (g.scalar_type() == at::kDouble ? gscale.const_data_ptr<double>()[0] == 1.0
+                                                        : gscale.const_data_ptr<float>()[0] == 1.0f);
+      if (!unit) {
+        fused_bwd_op().call(g, grads[0], saved[1], gscale, d.at("o_index").toInt(),
+                            d.at("ignore_index").toInt());
+      }
       result[0] = std::move(g);
       return result;
     }

@@ -89,6 +89,70 @@ inline Vectorized<acc_t> bulk_exp(const Vectorized<acc_t>& v) {
   }
 }
 
+// The bits of a float vector as int32 and back (register moves on AVX2 /
+// AVX-512; at::vec::cast goes through memory).
+inline Vectorized<int32_t> float_bits(const Vectorized<float>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return Vectorized<int32_t>(_mm512_castps_si512(v));
+#elif defined(CPU_CAPABILITY_AVX2)
+  return Vectorized<int32_t>(_mm256_castps_si256(v));
+#else
+  return at::vec::cast<int32_t>(v);
+#endif
+}
+inline Vectorized<float> bits_float(const Vectorized<int32_t>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return Vectorized<float>(_mm512_castsi512_ps(v));
+#elif defined(CPU_CAPABILITY_AVX2)
+  return Vectorized<float>(_mm256_castsi256_ps(v));
+#else
+  return at::vec::cast<float>(v);
+#endif
+}
+
+// log1p(u) for u >= 0 in float, inline: musl's log1pf (1 + u = 2^k (1 + f) with
+// 1 + f in [sqrt(1/2), sqrt(2)), the rounding error of 1 + u carried as a
+// correction term; < 1 ulp).  Sleef's 1-ulp log1p is an out-of-line call that
+// cost as much as the rest of the tile forward at C = 9.  NaN propagates; the
+// tile forward never passes u < 0 or +inf (u = Z - 1 with 1 <= Z <= C).
+template <typename acc_t>
+inline Vectorized<acc_t> tile_log1p(const Vectorized<acc_t>& u) {
+  if constexpr (!std::is_same_v<acc_t, float>) {
+    return u.log1p();
+  } else {
+    using Vec = Vectorized<float>;
+    using Vi = Vectorized<int32_t>;
+    const Vec one(1.0f);
+    const Vec s = u + one;
+    const Vi iu = float_bits(s) + Vi(0x3f800000 - 0x3f3504f3);
+    const Vi ki = (iu >> Vi(23)) - Vi(0x7f);
+    const Vec k = at::vec::convert_to_fp_of_same_size<float>(ki);
+    // c = (1 + u) - s, exact (Sterbenz) in either form; relative to s
+    const Vec big = k >= Vec(2.0f);
+    const Vec c = Vec::blendv(u - (s - one), one - (s - u), big) / s;
+    const Vec f = bits_float((iu & Vi(0x007fffff)) + Vi(0x3f3504f3)) - one;
+    const Vec sf = f / (Vec(2.0f) + f);
+    const Vec z = sf * sf, w = z * z;
+    const Vec t1 = w * at::vec::fmadd(w, Vec(0.24279078841f), Vec(0.40000972152f));
+    const Vec t2 = z * at::vec::fmadd(w, Vec(0.28498786688f), Vec(0.66666662693f));
+    const Vec R = t2 + t1;
+    const Vec hfsq = Vec(0.5f) * f * f;
+    const Vec ln2_hi(6.9313812256e-01f), ln2_lo(9.0580006145e-06f);
+    return sf * (hfsq + R) + (k * ln2_lo + c) - hfsq + f + k * ln2_hi;
+  }
+}
+
+// exp of x - rowmax in the tile forward: exp_u20 for float without
+// bulk_exp's NaN pass-through (the caller makes NaN rows NaN through the
+// normaliser instead; exp_u20 turns a NaN input into a large finite value or
+// +inf, so rows that must get exact zeros are masked after the multiply),
+// exact exp for double.
+template <typename acc_t>
+inline Vectorized<acc_t> tile_exp(const Vectorized<acc_t>& v) {
+  if constexpr (std::is_same_v<acc_t, float>) return v.exp_u20();
+  else return v.exp();
+}
+
 // ---------------------------------------------------------------- reductions
 
 template <typename acc_t>
@@ -479,16 +543,24 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
       xy = Vec::blendv(xy, col, is_j);
       if (w) wy = Vec::blendv(wy, Vec(w[j]), is_j);
     }
-    Vec ties(0), rest(0), wdev(0);
+    // m - m: 0, or NaN when a logit of the row is NaN or +inf (maximum
+    // propagates NaN).  Added to the normaliser it makes the row's loss and
+    // gradient NaN, as in PyTorch, so the exps need no NaN handling of their
+    // own (exp_u20 clamps a NaN input to a finite value).
+    Vec ties(0), rest = m - m, wdev(0), ey(0);
     for (int64_t j = 0; j < C; ++j) {
-      const Vec e = bulk_exp(Vec::loadu(cols + j * V) - m);
-      if (fused) e.store(ecols + j * V);
+      const Vec col = Vec::loadu(cols + j * V);
+      const Vec e = tile_exp(col - m);
+      if (fused) {
+        e.store(ecols + j * V);
+        ey = Vec::blendv(ey, e, yv == Vec(acc_t(j)));
+      }
       const Vec tie = (e == one);
       rest += Vec::blendv(e, zero, tie);
       ties += (tie & one);
     }
     // log(ties + rest) = log1p((ties - 1) + rest): exact log1p(rest) for one max
-    const Vec logs = ((ties - one) + rest).log1p();
+    const Vec logs = tile_log1p<acc_t>((ties - one) + rest);
     if (smooth) {
       for (int64_t j = 0; j < C; ++j)
         wdev += (m - Vec::loadu(cols + j * V)) * Vec(w ? w[j] : acc_t(1));
@@ -524,19 +596,23 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
         // its scale (see backward_tile for the formulas); p_j = e_j / Z
         const Vec scale = Vec::blendv(zero, Vec::blendv(rel_a, rel_ab, is_o), valid);
         const Vec live = Vec::blendv(zero, one, scale != zero) == one;
-        const Vec lp = (xy - m) - logs;
         const Vec h = is_ce ? one : Vec::loadu(h_l);
         const Vec A = scale * Vec(acc_t(1) - eps) * wy * h;
         const Vec S = scale * Vec(eps / acc_t(C));
         const Vec Bs = S * Vec(acc_t(c.W));
-        const Vec P = (A + Bs) / (ties + rest);
-        Vec gy = A * lp.expm1();
-        if (smooth) gy = gy + Bs * lp.exp() - S * wy;
+        const Vec invZ = one / (ties + rest);
+        // p_y - 1 = -(Z - e_y) / Z with Z - e_y = (ties - e_y) + rest: when y
+        // is the (single) max, e_y = 1 = ties exactly and this is -rest / Z,
+        // exact as p_y -> 1 (no expm1 needed); otherwise p_y <= 1/2 and the
+        // subtraction loses nothing
+        Vec gy = -(A * ((ties - ey) + rest)) * invZ;
+        if (smooth) gy = gy + Bs * ey * invZ - S * wy;
+        const Vec P = (A + Bs) * invZ;
         for (int64_t j = 0; j < C; ++j) {
           Vec g = P * Vec::loadu(ecols + j * V);
           if (smooth) g = g - S * Vec(w ? w[j] : acc_t(1));
           g = Vec::blendv(g, gy, yv == Vec(acc_t(j)));
-          g = Vec::blendv(zero, g, live);
+          g = Vec::blendv(zero, g, live);  // rows without gradient: exact zeros
           g.store(ecols + j * V);
         }
         acc_t* gout = static_cast<acc_t*>(a.gfused) + i0 * C;

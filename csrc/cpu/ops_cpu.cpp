@@ -180,6 +180,32 @@ double global_factor(Reduction red, MoMNorm norm, double lam, double denom, doub
   return 1.0 / denom;
 }
 
+// Number of rows with a valid target (not ignore_index, in [0, C)): the
+// unweighted mean's denominator, known before the kernel runs.  A branch-free
+// loop over contiguous targets (about 1 us for an 8192-row NER batch).
+template <typename tgt_t>
+int64_t count_valid_span(const tgt_t* t, int64_t n, int64_t sT, int64_t C, int64_t ignore) {
+  int64_t k = 0;
+  if (sT == 1) {
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t y = int64_t(t[i]);
+      k += int64_t(y != ignore) & int64_t(static_cast<uint64_t>(y) < static_cast<uint64_t>(C));
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t y = int64_t(t[i * sT]);
+      k += int64_t(y != ignore) & int64_t(static_cast<uint64_t>(y) < static_cast<uint64_t>(C));
+    }
+  }
+  return k;
+}
+
+int64_t count_valid_rows(const Common& c) {
+  return c.t_int32
+             ? count_valid_span(static_cast<const int32_t*>(c.t), c.N, c.sT, c.C, c.ignore_index)
+             : count_valid_span(static_cast<const int64_t*>(c.t), c.N, c.sT, c.C, c.ignore_index);
+}
+
 struct FwdResult {
   at::Tensor out, stats, coef, grad, gscale;
 };
@@ -217,10 +243,25 @@ FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
   const bool inline_grad = fuse && factors && a.c.C <= kTileMaxC &&
                            (input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble);
   if (fuse) grad = GradBufferCache::instance().empty({a.c.N, a.c.C}, input.options());
+  // The global factor is folded into the inline gradient when it is known
+  // before the kernel: 1 (sum / none), 1 / N (mean, mom_norm 'rows', lam = 0)
+  // or 1 / (number of valid rows) (unweighted mean).  The backward is then a
+  // no-op for a unit upstream gradient (loss.backward()).  A weighted mean
+  // (denominator = sum of w_y) keeps the factor for the backward.
+  bool prescaled = false;
   if (inline_grad) {
+    double pre = 1.0;
+    if (red != Reduction::MEAN || (norm == MoMNorm::ROWS && lam == 0.0)) {
+      pre = global_factor(red, norm, lam, 0.0, double(a.c.N));
+      prescaled = true;
+    } else if (!w.defined()) {
+      pre = global_factor(red, norm, lam, double(count_valid_rows(a.c)), double(a.c.N));
+      prescaled = true;
+    }
     a.gfused = grad.data_ptr();
-    a.rel_a = rel_a;
-    a.rel_b = rel_b;
+    // a zero coefficient stays 0 (never 0 * inf: an all-ignored batch)
+    a.rel_a = rel_a != 0.0 ? rel_a * pre : 0.0;
+    a.rel_b = rel_b != 0.0 ? rel_b * pre : 0.0;
   }
   const KernelTable& k = kernels_for_this_cpu();
   at::parallel_for(0, nb, task_grain(a.c), [&](int64_t b0, int64_t b1) { k.forward(a, b0, b1); });
@@ -254,7 +295,7 @@ FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
   if (fuse) {
     double gscale = 1.0;
     if (inline_grad) {
-      gscale = global_factor(red, norm, lam, denom, double(a.c.N));
+      gscale = prescaled ? 1.0 : global_factor(red, norm, lam, denom, double(a.c.N));
     } else {
       // the backward kernel with a unit upstream gradient and the real
       // coefficients; the global factor is then 1
