@@ -195,6 +195,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_autograd(
     double lam, int64_t o_index, int64_t ignore_index, c10::string_view loss, double gamma,
     double dice_alpha, double dice_smooth, double label_smoothing, c10::string_view reduction,
     c10::string_view mom_norm) {
+  if (!(at::GradMode::is_enabled() && input.requires_grad())) {
+    // no graph to record (eval, no_grad, frozen logits): the plain forward,
+    // without the fused path's gradient
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return fwd_op().call(input, target, weight, lam, o_index, ignore_index, loss, gamma,
+                         dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm);
+  }
   auto r = MoMLoss::apply(input, target, weight, lam, o_index, ignore_index, std::string(loss),
                           gamma, dice_alpha, dice_smooth, label_smoothing, std::string(reduction),
                           std::string(mom_norm));
