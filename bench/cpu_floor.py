@@ -34,9 +34,13 @@ def main():
 
     print("\n## N = 8192, C = 9 (NER batch), fp32, lam = 0.175: kernels vs fixed costs\n")
     print("For C <= 64 (float/double, CPU) autograd uses the fused pair: `mom_loss_fwd_fused` "
-          "computes the loss and the gradient for a unit upstream gradient in one pass, the "
-          "backward `mom_loss_bwd_fused_` only scales it in place. The two-operator path "
-          "(`mom_loss_fwd` + `mom_loss_bwd`) is what it replaced.\n")
+          "computes the loss and the gradient for a unit upstream gradient in one pass. For an "
+          "unweighted mean (and for sum / none) the global factor 1/D is folded in, since D "
+          "(the number of valid rows) is counted from the targets before the kernel runs, so "
+          "`loss.backward()` calls no backward operator at all: autograd receives the buffer "
+          "as the gradient. `mom_loss_bwd_fused_` (an in-place scale) runs only for another "
+          "upstream gradient or a weighted mean. The two-operator path (`mom_loss_fwd` + "
+          "`mom_loss_bwd`) is what it replaced.\n")
     x, t = make_batch(8192, 9, torch.float32, "cpu")
     leaf = x.clone().requires_grad_()
     args = (None, 0.175, 0, -100, *opts, "mean", "valid")
@@ -65,7 +69,8 @@ def main():
         "fused forward operator (loss + gradient), no autograd": tmed(lambda: fused_f(x, t, *args), 500),
         "fused backward operator (in-place scale of the gradient)":
             tmed(lambda: fused_b(gf, g, t, gscale, 0, -100), 500),
-        "fused pair, no autograd (= kernel time of a training step)": tmed(fused_pair, 500),
+        "fused forward + in-place scale operator (the cost with a non-unit upstream gradient), no autograd":
+            tmed(fused_pair, 500),
         "two-operator path: forward operator alone": tmed(lambda: op_f(x, t, *args), 500),
         "two-operator path: backward operator alone":
             tmed(lambda: op_b(g, x, t, None, stats, coef, 0, -100, *opts), 500),
@@ -80,7 +85,7 @@ def main():
     for k, v in rows.items():
         print(f"| {k} | {v:.3f} |")
     step = rows["momkernels.mom_cross_entropy fwd+bwd (public API, autograd)"]
-    kern = rows["fused pair, no autograd (= kernel time of a training step)"]
+    kern = rows["fused forward operator (loss + gradient), no autograd"]
     print(f"\nOutside the kernels (Python checks, dispatcher, autograd graph and engine, "
           f"gradient accumulation): {step - kern:.3f} ms of the {step:.3f} ms step "
           f"({(step - kern) / step * 100:.0f} %). Eager / momkernels: "
