@@ -105,8 +105,10 @@ class GradBufferCache {
 };
 
 // Work per parallel task, in logits elements, so that tiny inputs stay on one
-// thread (thread wake-up costs more than they do).
-constexpr int64_t kTaskElems = 65536;
+// thread (thread wake-up costs more than they do).  16K: measured at C = 9,
+// 2 threads, fwd+bwd: 4096 rows 0.069 -> 0.054 ms and 2048 rows 0.050 ->
+// 0.045 ms against 64K; 1024 rows (one task either way) unchanged.
+constexpr int64_t kTaskElems = 16384;
 
 Common make_common(const at::Tensor& input, const at::Tensor& target, const at::Tensor& w,
                    int64_t o_index, int64_t ignore_index, const LossOptions& opt) {
