@@ -536,10 +536,12 @@ inline void classify_lanes(const Common& c, int64_t i0, int64_t nr, const acc_t*
 
 // Targets of a block as acc_t: the class for a valid row, -1 for an ignored
 // or out-of-range one (and for the padding up to a multiple of V); returns the
-// first out-of-range row (not ignore_index), or -1.  Contiguous int64 / int32
-// targets take a branch-free loop the compiler vectorises.
+// first out-of-range row (not ignore_index), or -1.  Contiguous targets take
+// classify_span: a scalar loop (GCC compiles it to branches), or 8 int64
+// targets at a time with AVX-512.
 template <typename acc_t, typename tgt_t>
-inline bool classify_span(const tgt_t* t, int64_t n, int64_t C, int64_t ignore, acc_t* ycls) {
+inline bool classify_span_scalar(const tgt_t* t, int64_t n, int64_t C, int64_t ignore,
+                                 acc_t* ycls) {
   bool any_bad = false;
   for (int64_t l = 0; l < n; ++l) {
     const int64_t y = int64_t(t[l]);
@@ -551,9 +553,14 @@ inline bool classify_span(const tgt_t* t, int64_t n, int64_t C, int64_t ignore, 
   return any_bad;
 }
 
+template <typename acc_t, typename tgt_t>
+inline bool classify_span(const tgt_t* t, int64_t n, int64_t C, int64_t ignore, acc_t* ycls) {
+  return classify_span_scalar(t, n, C, ignore, ycls);
+}
+
 #if defined(CPU_CAPABILITY_AVX512)
 // int64 targets -> float classes, 8 at a time with mask compares (the scalar
-// loop above compiles to branches, mispredicted on NER targets).
+// loop compiles to branches, mispredicted on NER targets); the tail is scalar.
 template <>
 inline bool classify_span<float, int64_t>(const int64_t* t, int64_t n, int64_t C, int64_t ignore,
                                           float* ycls) {
@@ -569,15 +576,8 @@ inline bool classify_span<float, int64_t>(const int64_t* t, int64_t n, int64_t C
     bad = _kor_mask8(bad, _kandn_mask8(ign, _knot_mask8(in_range)));
     _mm256_storeu_ps(ycls + l, _mm256_mask_blend_ps(valid, minus_one, _mm512_cvtepi64_ps(y)));
   }
-  bool any_bad = bad != 0;
-  for (; l < n; ++l) {
-    const int64_t y = t[l];
-    const bool ign = y == ignore;
-    const bool in_range = static_cast<uint64_t>(y) < static_cast<uint64_t>(C);
-    ycls[l] = (in_range && !ign) ? float(y) : -1.0f;
-    any_bad |= !ign && !in_range;
-  }
-  return any_bad;
+  const bool tail_bad = classify_span_scalar(t + l, n - l, C, ignore, ycls + l);
+  return bad != 0 || tail_bad;
 }
 #endif
 
