@@ -124,7 +124,12 @@ def make_table(records, tuning, meta) -> str:
                      f"[0, 1], each {tuning.get('epochs')} epoch(s) on {tuning.get('n_train')} "
                      f"training sentences, maximising dev entity F1 ({tr}); best λ = "
                      f"{tuning['best_lam']:.3f}")
-    lines.append(f"- Command: `{meta.get('command')}`")
+    commands = meta.get("commands") or [meta.get("command")]
+    if len(commands) > 1:
+        lines.append("- Commands (in this order; the later ones add runs with `--resume`): "
+                     + "; ".join(f"`{c}`" for c in commands))
+    else:
+        lines.append(f"- Command: `{commands[0]}`")
     lines.append(f"- Wall time: {meta.get('wall_minutes', float('nan')):.1f} min"
                  + (" (budget reached: some runs were not started)" if meta.get("budget_hit") else ""))
     lines.append("")
@@ -241,6 +246,11 @@ def main(argv=None):
         return (time.perf_counter() - t0) + est <= budget_s
 
     n_cpu = torch.get_num_threads()
+    command = "python " + " ".join(shlex.quote(a) for a in ["examples/reproduce_paper.py"] + list(
+        sys.argv[1:] if argv is None else argv))
+    # --resume adds runs to the same folder: keep every command and seed
+    commands = (meta.get("commands") or [meta["command"]]) if meta.get("command") else []
+    all_seeds = sorted(set(meta.get("seeds", [])) | set(seeds))
     meta.update({
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} CPU ({os.cpu_count()} cores), {n_cpu} torch threads, "
@@ -253,11 +263,9 @@ def main(argv=None):
         "data_desc": (f"CoNLL-2003 English ({Path(args.data).name}: eng.train / eng.testa (dev) / "
                       "eng.testb (test)), IOB1 converted to BIO"),
         "mom_norm": args.mom_norm,
-        "epochs": args.epochs, "n_train": len(prep.train), "seeds": seeds, "lr": args.lr,
+        "epochs": args.epochs, "n_train": len(prep.train), "seeds": all_seeds, "lr": args.lr,
         "batch_size": args.batch_size, "max_length": args.max_length, "out": str(out),
-        "command": "python " + " ".join(shlex.quote(a) for a in
-                                        ["examples/reproduce_paper.py"] + list(
-                                            sys.argv[1:] if argv is None else argv)),
+        "command": command, "commands": commands + [command],
     })
 
     def save():

@@ -193,3 +193,32 @@ def test_main_end_to_end_tiny(tn, tmp_path):
                      "--epochs", "1", "--losses", "torch-ce,ce,mom,wce2", "--out", str(out),
                      "--resume", "--quiet"])
     assert len(again) == 8
+
+
+def test_reproduce_paper_resume_keeps_every_command_and_seed(tn, tmp_path):
+    """examples/reproduce_paper.py with the tiny model on the bundled WNUT-17: a
+    second call with --resume adds runs (another loss, another seed, lambda
+    tuning) to the same folder, and the table lists both commands and all seeds."""
+    spec = importlib.util.spec_from_file_location("reproduce_paper",
+                                                  ROOT / "examples" / "reproduce_paper.py")
+    rp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rp)
+    out, doc = tmp_path / "paper", tmp_path / "paper.md"
+    common = ["--data", str(ROOT / "examples" / "data" / "wnut17"), "--model", "tiny",
+              "--epochs", "1", "--max-train", "48", "--max-eval", "30", "--batch-size", "16",
+              "--out", str(out), "--doc", str(doc), "--quiet"]
+    first = rp.main(common + ["--losses", "ce,mom", "--seeds", "0"])
+    assert {(r["loss"], r["seed"]) for r in first} == {("ce", 0), ("mom", 0)}
+    second = rp.main(common + ["--losses", "ce,wce2,mom-tuned", "--seeds", "0,1", "--resume",
+                               "--optuna-trials", "2", "--tune-max-train", "32"])
+    assert {(r["loss"], r["seed"]) for r in second} == {
+        ("ce", 0), ("mom", 0), ("ce", 1), ("wce2", 0), ("wce2", 1), ("mom-tuned", 0),
+        ("mom-tuned", 1)}
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["seeds"] == [0, 1] and len(meta["commands"]) == 2
+    text = doc.read_text()
+    assert "--losses ce,mom --seeds 0" in text and "--resume" in text
+    for name in ("| CE |", "| MoM (λ = 0.175, paper) |", "| WCE-2", "| MoM (λ tuned"):
+        assert name in text, name
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert len(tuning["trials"]) == 2 and 0.0 <= tuning["best_lam"] <= 1.0
