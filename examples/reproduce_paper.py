@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -78,6 +79,9 @@ def parser():
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = torch's default; 1 is much faster on a busy machine)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--note", action="append", default=[],
+                   help="a sentence printed under the table (kept across --resume), e.g. what "
+                        "else ran on the machine")
     return p
 
 
@@ -156,10 +160,13 @@ def make_table(records, tuning, meta) -> str:
         cells.append(PAPER.get(loss, "—"))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    tp = {l: tn._mean_std([r["tokens_per_s"] for r in rows if r["loss"] == l])[0] for l in order}
-    ts = {l: tn._mean_std([r["train_seconds"] for r in rows if r["loss"] == l])[0] for l in order}
-    lines.append("Training time per run (s) / throughput (tokens/s): "
+    # medians: one run slowed by another process on the machine moves a mean
+    tp = {l: statistics.median([r["tokens_per_s"] for r in rows if r["loss"] == l]) for l in order}
+    ts = {l: statistics.median([r["train_seconds"] for r in rows if r["loss"] == l]) for l in order}
+    lines.append("Training time per run (s) / throughput (tokens/s), median over the runs: "
                  + "; ".join(f"{l} {ts[l]:.0f} s / {tp[l]:,.0f}" for l in order) + ".\n")
+    for note in meta.get("notes", []):
+        lines.append(f"Note: {note}\n")
     lines.append("How MoM weighs tokens: with `mom_norm=\"valid\"` (momkernels' default) the MoM "
                  "loss is a per-token re-weighting of CE, weight 1 on gold-O tokens and λ on entity "
                  "tokens (λ = 0.175: entity tokens count 5.7× less than O tokens); with "
@@ -217,7 +224,12 @@ def main(argv=None):
     meta_p, tune_p = out / "meta.json", out / "tuning.json"
     if args.table_only:
         records = tn.load_records(out)
-        doc = make_table(records, load_json(tune_p, {}), load_json(meta_p, {}))
+        meta = load_json(meta_p, {})
+        new_notes = [n for n in args.note if n not in meta.get("notes", [])]
+        if new_notes:
+            meta["notes"] = meta.get("notes", []) + new_notes
+            meta_p.write_text(json.dumps(meta, indent=1))
+        doc = make_table(records, load_json(tune_p, {}), meta)
         Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
         Path(args.doc).write_text(doc)
         print(doc)
@@ -266,6 +278,7 @@ def main(argv=None):
         "epochs": args.epochs, "n_train": len(prep.train), "seeds": all_seeds, "lr": args.lr,
         "batch_size": args.batch_size, "max_length": args.max_length, "out": str(out),
         "command": command, "commands": commands + [command],
+        "notes": meta.get("notes", []) + [n for n in args.note if n not in meta.get("notes", [])],
     })
 
     def save():

@@ -222,3 +222,7 @@ def test_reproduce_paper_resume_keeps_every_command_and_seed(tn, tmp_path):
         assert name in text, name
     tuning = json.loads((out / "tuning.json").read_text())
     assert len(tuning["trials"]) == 2 and 0.0 <= tuning["best_lam"] <= 1.0
+    # --table-only rewrites the page from the records, adding a note
+    rp.main(["--out", str(out), "--doc", str(doc), "--table-only", "--note", "a test note."])
+    assert "Note: a test note." in doc.read_text()
+    assert json.loads((out / "meta.json").read_text())["notes"] == ["a test note."]
