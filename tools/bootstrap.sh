@@ -13,7 +13,7 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel ninja
 .venv/bin/python -m pip install -q "$TORCH_SPEC" numpy pytest hypothesis pytest-benchmark matplotlib tqdm \
-    transformers accelerate tokenizers seqeval scipy   # examples/ and their tests (python_tests/test_examples_ner.py, ...)
+    transformers accelerate tokenizers seqeval scipy optuna   # examples/ and their tests (python_tests/test_examples_ner.py, ...)
 
 # The extension must be compiled against the torch it runs with, so no build
 # isolation (an isolated build would compile against another torch wheel).
