@@ -199,6 +199,7 @@ def test_reproduce_paper_resume_keeps_every_command_and_seed(tn, tmp_path):
     """examples/reproduce_paper.py with the tiny model on the bundled WNUT-17: a
     second call with --resume adds runs (another loss, another seed, lambda
     tuning) to the same folder, and the table lists both commands and all seeds."""
+    pytest.importorskip("optuna")  # the lambda tuning (tools/bootstrap.sh installs it)
     spec = importlib.util.spec_from_file_location("reproduce_paper",
                                                   ROOT / "examples" / "reproduce_paper.py")
     rp = importlib.util.module_from_spec(spec)
