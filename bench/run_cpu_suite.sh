@@ -30,7 +30,7 @@ mkdir -p "$OUT"
 LOG="$OUT/suite_log.txt"
 FAST=(--reps 10 --warmup 2 --min-seconds 0.2 --max-seconds 1.5)
 T0=$(date +%s)
-: > "$LOG"
+# the log accumulates: each run appends its header and steps
 echo "# bench/run_cpu_suite.sh $OUT $STEPS  ($(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$LOG"
 
 step() {  # step NAME COMMAND...
