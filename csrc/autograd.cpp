@@ -50,15 +50,16 @@ const c10::TypedOperatorHandle<FusedBwdFn>& fused_bwd_op() {
 // Small C on the CPU: the forward kernel also computes the gradient (for a
 // unit upstream gradient), and the backward only scales it in place.  At the
 // NER shape (8192 x 9) this replaces a second pass that re-reads the logits,
-// re-transposes them and recomputes every exp with one multiply.  Float and
-// double only (see kernel_impl.h); MOMKERNELS_FUSED=0 turns it off.
+// re-transposes them and recomputes every exp with one multiply.  All four
+// float dtypes; a half-precision gradient is rounded once (see backward).
+// MOMKERNELS_FUSED=0 turns it off.
 bool use_fused(const at::Tensor& input) {
   static const bool enabled = [] {
     const char* env = std::getenv("MOMKERNELS_FUSED");
     return env == nullptr || std::string(env) != "0";
   }();
   return enabled && input.device().is_cpu() && input.dim() == 2 && input.size(1) <= 64 &&
-         (input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble);
+         at::isFloatingType(input.scalar_type());
 }
 
 const c10::TypedOperatorHandle<FwdFn>& fwd_op() {
@@ -87,12 +88,22 @@ bool is_plain_cpu(const at::Tensor& t) {
          t.has_storage() && t.storage().data() != nullptr;
 }
 
-// The value of a 0-dim float / double plain CPU tensor, or NaN if it is not one.
+// The first element of a non-empty floating-point plain CPU tensor, or NaN
+// if it is not one.
+double first_value(const at::Tensor& t) {
+  if (!is_plain_cpu(t) || t.numel() == 0) return std::nan("");
+  switch (t.scalar_type()) {
+    case at::kFloat: return double(*t.const_data_ptr<float>());
+    case at::kDouble: return *t.const_data_ptr<double>();
+    case at::kBFloat16: return double(float(*t.const_data_ptr<at::BFloat16>()));
+    case at::kHalf: return double(float(*t.const_data_ptr<at::Half>()));
+    default: return std::nan("");
+  }
+}
+
+// The value of a 0-dim floating-point plain CPU tensor, or NaN if it is not one.
 double scalar_value(const at::Tensor& t) {
-  if (!is_plain_cpu(t) || t.dim() != 0) return std::nan("");
-  if (t.scalar_type() == at::kFloat) return double(*t.const_data_ptr<float>());
-  if (t.scalar_type() == at::kDouble) return *t.const_data_ptr<double>();
-  return std::nan("");
+  return t.dim() == 0 ? first_value(t) : std::nan("");
 }
 
 class MoMLoss : public torch::autograd::Function<MoMLoss> {
@@ -150,8 +161,19 @@ class MoMLoss : public torch::autograd::Function<MoMLoss> {
     auto& d = ctx->saved_data;
     if (d.count("fused")) {
       auto it = d.find("grad_fused");
+      const at::Tensor& gscale = d.at("gscale").toTensor();
+      // loss.backward() of a mean / sum: the upstream gradient is 1 and the
+      // forward already folded the global factor in (gscale[0] == 1), so the
+      // buffer is the gradient as it is: no operator call, no pass over it
+      const bool unit = scalar_value(grads[0]) == 1.0 && first_value(gscale) == 1.0;
+      const bool reduced = at::isReducedFloatingType(input.scalar_type());
       at::Tensor g;
-      if (it->second.isTensor()) {
+      if (reduced && !unit) {
+        // a half-precision buffer is already rounded: scaling it would round
+        // a second time, so the backward operator recomputes the gradient
+        // from the logits (rounded once); the buffer is dropped
+        it->second = c10::IValue();
+      } else if (it->second.isTensor()) {
         g = it->second.toTensor();
         it->second = c10::IValue();  // used once: the gradient now owns it
       } else {
@@ -166,20 +188,14 @@ class MoMLoss : public torch::autograd::Function<MoMLoss> {
             d.at("label_smoothing").toDouble(), d.at("reduction").toStringRef(),
             d.at("mom_norm").toStringRef()));
       }
-      const at::Tensor& gscale = d.at("gscale").toTensor();
-      // loss.backward() of a mean / sum: the upstream gradient is 1 and the
-      // forward already folded the global factor in (gscale[0] == 1), so the
-      // buffer is the gradient as it is: no operator call, no pass over it
-      const bool unit = scalar_value(grads[0]) == 1.0 && is_plain_cpu(gscale) &&
-                        gscale.scalar_type() == g.scalar_type() &&
-                        (g.scalar_type() == at::kDouble ? gscale.const_data_ptr<double>()[0] == 1.0
-                                                        : gscale.const_data_ptr<float>()[0] == 1.0f);
-      if (!unit) {
-        fused_bwd_op().call(g, grads[0], saved[1], gscale, d.at("o_index").toInt(),
-                            d.at("ignore_index").toInt());
+      if (g.defined()) {
+        if (!unit) {
+          fused_bwd_op().call(g, grads[0], saved[1], gscale, d.at("o_index").toInt(),
+                              d.at("ignore_index").toInt());
+        }
+        result[0] = std::move(g);
+        return result;
       }
-      result[0] = std::move(g);
-      return result;
     }
     result[0] = bwd_op().call(grads[0], input, saved[1], weight, saved[3], saved[4],
                               d.at("o_index").toInt(), d.at("ignore_index").toInt(),

@@ -9,9 +9,12 @@ csrc/cuda/).  This module adds what the dispatcher needs from Python:
 The autograd formula is registered in C++ (csrc/autograd.cpp): the backward
 of ``mom_loss_fwd`` is the second operator, ``mom_loss_bwd``, and no Python
 runs in a training step beyond the call itself.  For small C on the CPU
-(float / double) the Autograd kernel calls ``mom_loss_fwd_fused`` instead,
-which also returns the gradient for a unit upstream gradient, and the
-backward is the in-place ``mom_loss_bwd_fused_`` (one multiply).
+(C <= 64, any float dtype) the Autograd kernel calls ``mom_loss_fwd_fused``
+instead, which also returns the gradient for a unit upstream gradient, and
+the backward is the in-place ``mom_loss_bwd_fused_`` (one multiply), or
+nothing for ``loss.backward()``.  A half-precision gradient is not rescaled
+(that would round it twice): for an upstream gradient other than 1 the
+backward is ``mom_loss_bwd``.
 
 If the extension cannot be loaded (not built, or built against another torch),
 ``load_error()`` says why and how to rebuild; the ``"cpp"`` backend is then

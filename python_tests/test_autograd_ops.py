@@ -184,6 +184,52 @@ def test_opcheck_fused_ops(args):
 
 
 @needs_cpp
+@pytest.mark.parametrize("loss", ["ce", "focal", "dice"])
+@pytest.mark.parametrize("reduction,use_w", [("mean", False), ("mean", True), ("sum", True)],
+                         ids=["mean", "mean-w", "sum-w"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_fused_gradient_is_rounded_once(dtype, reduction, use_w, loss):
+    """Small C, half precision, CPU: autograd takes the fused path.  With
+    loss.backward() (upstream 1) the gradient is the forward kernel's, rounded
+    once from float math: it equals the float64 oracle rounded to the dtype
+    except where float32 rounding error crosses a rounding boundary (rare, and
+    then by one unit in the last place).  Any other upstream gradient takes
+    the backward operator, bitwise (rescaling the rounded buffer would round
+    twice)."""
+    g = torch.Generator().manual_seed(3)
+    N, C = 3000, 9
+    x = (torch.randn(N, C, generator=g) * 3).to(dtype)
+    t = torch.randint(0, C, (N,), generator=g)
+    t[::7] = -100
+    t[1::3] = 0
+    w = (torch.rand(C, generator=g) + 0.5) if use_w else None
+    kw = dict(weight=w, loss=loss, reduction=reduction)
+    xx = x.clone().requires_grad_()
+    momkernels.mom_cross_entropy(xx, t, 0.175, backend="cpp", **kw).backward()
+    xd = x.double().requires_grad_()
+    ref = momkernels.mom_cross_entropy(xd, t, 0.175, backend="torch",
+                                       **{**kw, "weight": None if w is None else w.double()})
+    ref.backward()
+    want = xd.grad.to(dtype)
+    exact = float((xx.grad == want).double().mean())
+    assert exact >= 0.998, f"only {exact:.4f} of the entries are the rounded float64 gradient"
+    eps = torch.finfo(dtype).eps
+    tiny = float(torch.finfo(dtype).smallest_normal)
+    torch.testing.assert_close(xx.grad.double(), xd.grad, rtol=eps, atol=tiny * eps)
+    # upstream 2.5: the backward operator's gradient, bitwise
+    xx.grad = None
+    out = momkernels.mom_cross_entropy(xx, t, 0.175, backend="cpp", **kw)
+    up = torch.tensor(2.5, dtype=dtype)
+    (ga,) = torch.autograd.grad(out, xx, up)
+    with torch.no_grad():
+        o2, stats, coef = torch.ops.momkernels.mom_loss_fwd(x, t, w, 0.175, 0, -100, loss, 2.0,
+                                                            1.0, 0.01, 0.0, reduction, "valid")
+        gi = torch.ops.momkernels.mom_loss_bwd(up, x, t, w, stats, coef, 0, -100, loss, 2.0,
+                                               1.0, 0.01, 0.0)
+    assert torch.equal(ga, gi)
+
+
+@needs_cpp
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("mom_norm", ["valid", "rows"])
 @pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])

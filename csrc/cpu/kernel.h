@@ -56,8 +56,9 @@ struct FwdArgs {
   double none_a, none_b;  // coefficients for none_out
   double* partials;  // (num_blocks, 3): sum_valid l, sum_O l, sum_valid w_y
   int64_t* bad_row;  // (num_blocks,): first row with an out-of-range target, or -1
-  // Fused gradient (tile path, float/double logits only; nullptr otherwise):
-  // (N, C) contiguous in the logits dtype, written with d l_i / d x_i scaled by
+  // Fused gradient (tile path; nullptr otherwise; half-precision logits only
+  // when the global factor is folded into rel_a / rel_b, so that it is
+  // rounded once): (N, C) contiguous in the logits dtype, d l_i / d x_i scaled by
   // the row's relative coefficient rel_a + rel_b [y_i == o_index]; the backward
   // then only multiplies by the upstream gradient and one global factor.
   void* gfused;

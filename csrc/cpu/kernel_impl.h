@@ -351,6 +351,39 @@ inline RowGrad<acc_t> row_grad(const Common& c, acc_t scale, acc_t lp, acc_t w_y
   return r;
 }
 
+// mom_loss.h's row_loss for focal and dice on V rows at once (the tile path):
+// the same formulas with at::vec's exp / expm1 / pow (Sleef, 1 ulp) and
+// selects for the branches.  Lanes with lp = 0 (padding, ignored rows) give
+// finite values, which the callers mask.
+template <typename acc_t>
+inline void row_loss_vec(const Vectorized<acc_t>& lp, const LossOptions& o,
+                         Vectorized<acc_t>& value, Vectorized<acc_t>& h) {
+  using Vec = Vectorized<acc_t>;
+  const Vec zero(0), one(1);
+  const Vec p = lp.exp();
+  const Vec q = zero - lp.expm1();
+  const Vec q_pos = q > zero;
+  if (o.kind == LossKind::FOCAL) {
+    const Vec g(static_cast<acc_t>(o.gamma));
+    const Vec qg = q.pow(g);  // pow(0, 0) == 1: gamma = 0 is exactly CE
+    const Vec lp_over_q = Vec::blendv(Vec(acc_t(-1)), lp / q, q_pos);
+    value = zero - qg * lp;
+    h = qg * (one - g * p * lp_over_q);
+    return;
+  }
+  const Vec al(static_cast<acc_t>(o.dice_alpha));
+  const Vec d(static_cast<acc_t>(o.dice_smooth));
+  const Vec qa = q.pow(al);
+  const Vec a = qa * p;
+  const Vec den = a + one + d;
+  value = one - (Vec(acc_t(2)) * a + d) / den;
+  const acc_t qmin = sizeof(acc_t) == sizeof(float) ? acc_t(FLT_MIN) : acc_t(DBL_MIN);
+  const Vec q0(o.dice_alpha == 1.0 ? acc_t(1) : acc_t(0));  // q^(al-1) at q == 0
+  const Vec qa1 = Vec::blendv(q0, at::vec::maximum(q, Vec(qmin)).pow(al - one), q_pos);
+  const Vec da_dp = qa - al * p * qa1;
+  h = p * (Vec(acc_t(2)) + d) / (den * den) * da_dp;
+}
+
 // Per-block bookkeeping shared by both paths.
 struct BlockSums {
   double s_valid = 0, s_o = 0, denom = 0;
@@ -497,6 +530,20 @@ inline void store_rows(const acc_t* cols, int64_t C, int64_t nr, acc_t* out) {
   }
 }
 
+// store_rows for half-precision output: the float tile is rounded once, with
+// at::vec's vectorised conversion, into tmp (C * V values, same layout), then
+// transposed as 2-byte values.
+template <typename scalar_t, typename acc_t, int64_t V>
+inline void store_rows_reduced(const acc_t* cols, int64_t C, int64_t nr, scalar_t* tmp,
+                               scalar_t* out) {
+  static_assert(std::is_same_v<acc_t, float>);
+  at::vec::convert(cols, tmp, C * V);
+  for (int64_t l = 0; l < nr; ++l) {
+    scalar_t* row = out + l * C;
+    for (int64_t j = 0; j < C; ++j) row[j] = tmp[j * V + l];
+  }
+}
+
 // Per-lane facts of a group of rows, gathered with integer logic and no
 // data-dependent branches; padding lanes (beyond the block) are invalid.
 template <typename acc_t, int64_t V>
@@ -623,15 +670,17 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
   const bool is_ce = c.opt.kind == LossKind::CE;
   const acc_t eps = acc_t(c.opt.label_smoothing);
   alignas(64) acc_t cols[kTileMaxC * V];
-  alignas(64) acc_t m_l[V], logs_l[V], ell_l[V], h_l[V], xy_l[V], wy_l[V], isx_l[V];
+  alignas(64) acc_t m_l[V], logs_l[V], ell_l[V], isx_l[V];
   alignas(64) acc_t ycls[kTileRows + V];
   const Vec one(1), zero(0), minus_one(-1);
-  // fused gradient: only for float / double logits (the gradient is written
-  // in the logits dtype and later scaled: a half-precision one would be
-  // rounded twice)
-  constexpr bool kCanFuse = std::is_same_v<scalar_t, acc_t>;
-  const bool fused = kCanFuse && a.gfused != nullptr;
-  alignas(64) acc_t ecols[kCanFuse ? kTileMaxC * V : 1];
+  // fused gradient, written in the logits dtype.  A half-precision one is
+  // rounded once here; ops_cpu.cpp only fuses it when the global factor is
+  // folded in, and autograd recomputes it with the backward operator for an
+  // upstream gradient other than 1 (never a second rounding).
+  constexpr bool kReduced = !std::is_same_v<scalar_t, acc_t>;
+  const bool fused = a.gfused != nullptr;
+  alignas(64) acc_t ecols[kTileMaxC * V];
+  alignas(64) scalar_t hcols[kReduced ? kTileMaxC * V : 1];
   const Vec rel_a(acc_t(a.rel_a)), rel_ab(acc_t(a.rel_a + a.rel_b));
   // o_index as acc_t; one that is not a class (cross_entropy passes -1)
   // never matches a valid row, whose class is >= 0
@@ -688,58 +737,50 @@ void forward_tile(const FwdArgs& a, int64_t blk) {
       for (int64_t j = 0; j < C; ++j)
         wdev += (m - Vec::loadu(cols + j * V)) * Vec(w ? w[j] : acc_t(1));
     }
-    Vec ell;
+    Vec ell, h_fd = one;  // h_fd: focal / dice gradient factor (row_loss's h)
     if (is_ce) {
       ell = wy * (logs - (xy - m));  // w_y * -log p_y
       if (smooth) {
         ell = Vec(acc_t(1) - eps) * ell +
               Vec(eps / acc_t(C)) * (wdev + Vec(acc_t(c.W)) * logs);
       }
-    } else {  // focal / dice: per-lane scalar (pow, expm1)
-      m.store(m_l);
-      logs.store(logs_l);
-      xy.store(xy_l);
-      wy.store(wy_l);
-      L::sel(valid, one, zero).store(isx_l);
-      for (int64_t l = 0; l < V; ++l) {
-        const bool v = isx_l[l] != acc_t(0);
-        const auto rl = row_loss<acc_t>(v ? (xy_l[l] - m_l[l]) - logs_l[l] : acc_t(0), c.opt);
-        ell_l[l] = v ? wy_l[l] * rl.value : acc_t(0);
-        h_l[l] = v ? rl.h : acc_t(0);
-      }
-      ell = Vec::loadu(ell_l);
+    } else {  // focal / dice
+      Vec value;
+      row_loss_vec<acc_t>(L::sel(valid, (xy - m) - logs, zero), c.opt, value, h_fd);
+      ell = wy * value;
     }
     ell = L::sel(valid, ell, zero);
     acc_valid += ell;
     acc_o = L::add_if(acc_o, is_o, ell);
     acc_den += wy;
-    if constexpr (kCanFuse) {
-      if (fused) {
-        // the backward of this group, with the row's coefficient as its
-        // scale (see backward_tile for the formulas); p_j = e_j / Z
-        const Vec scale = L::sel(valid, L::sel(is_o, rel_ab, rel_a), zero);
-        const Mask live = L::ne(scale, zero);
-        const Vec h = is_ce ? one : Vec::loadu(h_l);
-        const Vec A = scale * Vec(acc_t(1) - eps) * wy * h;
-        const Vec S = scale * Vec(eps / acc_t(C));
-        const Vec Bs = S * Vec(acc_t(c.W));
-        const Vec invZ = one / (ties + rest);
-        // p_y - 1 = -(Z - e_y) / Z with Z - e_y = (ties - e_y) + rest: when y
-        // is the (single) max, e_y = 1 = ties exactly and this is -rest / Z,
-        // exact as p_y -> 1 (no expm1 needed); otherwise p_y <= 1/2 and the
-        // subtraction loses nothing
-        Vec gy = -(A * ((ties - ey) + rest)) * invZ;
-        if (smooth) gy = gy + Bs * ey * invZ - S * wy;
-        const Vec P = (A + Bs) * invZ;
-        jv = zero;
-        for (int64_t j = 0; j < C; ++j, jv = jv + one) {
-          Vec g = P * Vec::loadu(ecols + j * V);
-          if (smooth) g = g - S * Vec(w ? w[j] : acc_t(1));
-          g = L::sel(L::eq(yv, jv), gy, g);
-          g = L::sel(live, g, zero);  // rows without gradient: exact zeros
-          g.store(ecols + j * V);
-        }
-        acc_t* gout = static_cast<acc_t*>(a.gfused) + i0 * C;
+    if (fused) {
+      // the backward of this group, with the row's coefficient as its
+      // scale (see backward_tile for the formulas); p_j = e_j / Z
+      const Vec scale = L::sel(valid, L::sel(is_o, rel_ab, rel_a), zero);
+      const Mask live = L::ne(scale, zero);
+      const Vec A = scale * Vec(acc_t(1) - eps) * wy * h_fd;
+      const Vec S = scale * Vec(eps / acc_t(C));
+      const Vec Bs = S * Vec(acc_t(c.W));
+      const Vec invZ = one / (ties + rest);
+      // p_y - 1 = -(Z - e_y) / Z with Z - e_y = (ties - e_y) + rest: when y
+      // is the (single) max, e_y = 1 = ties exactly and this is -rest / Z,
+      // exact as p_y -> 1 (no expm1 needed); otherwise p_y <= 1/2 and the
+      // subtraction loses nothing
+      Vec gy = -(A * ((ties - ey) + rest)) * invZ;
+      if (smooth) gy = gy + Bs * ey * invZ - S * wy;
+      const Vec P = (A + Bs) * invZ;
+      jv = zero;
+      for (int64_t j = 0; j < C; ++j, jv = jv + one) {
+        Vec g = P * Vec::loadu(ecols + j * V);
+        if (smooth) g = g - S * Vec(w ? w[j] : acc_t(1));
+        g = L::sel(L::eq(yv, jv), gy, g);
+        g = L::sel(live, g, zero);  // rows without gradient: exact zeros
+        g.store(ecols + j * V);
+      }
+      scalar_t* gout = static_cast<scalar_t*>(a.gfused) + i0 * C;
+      if constexpr (kReduced) {
+        store_rows_reduced<scalar_t, acc_t, V>(ecols, C, nr, hcols, gout);
+      } else {
         store_rows<acc_t, V>(ecols, C, nr, gout);
       }
     }
@@ -892,7 +933,8 @@ void backward_tile(const BwdArgs& a, int64_t blk) {
   const acc_t eps = acc_t(c.opt.label_smoothing);
   const acc_t coef_a = acc_t(a.a), coef_ab = acc_t(a.a) + acc_t(a.b);
   alignas(64) acc_t cols[kTileMaxC * V];
-  alignas(64) acc_t m_l[V], logs_l[V], scale_l[V], h_l[V];
+  alignas(64) acc_t m_l[V], logs_l[V], scale_l[V];
+  alignas(64) scalar_t hcols[std::is_same_v<scalar_t, acc_t> ? 1 : kTileMaxC * V];
   Lanes<acc_t, V> L;
   const Vec zero(0), one(1);
   const int64_t r0 = blk * c.block_rows, r1 = std::min(c.N, r0 + c.block_rows);
@@ -917,10 +959,8 @@ void backward_tile(const BwdArgs& a, int64_t blk) {
     const Vec lp = (xy - m) - logs;  // log p_y
     Vec h = one;
     if (!is_ce) {
-      alignas(64) acc_t lp_l[V];
-      lp.store(lp_l);
-      for (int64_t l = 0; l < V; ++l) h_l[l] = row_loss<acc_t>(lp_l[l], c.opt).h;
-      h = Vec::loadu(h_l);
+      Vec value;
+      row_loss_vec<acc_t>(Vec::blendv(zero, lp, live), c.opt, value, h);
     }
     const Vec A = scale * Vec(acc_t(1) - eps) * wy * h;
     const Vec S = scale * Vec(eps / acc_t(C));
@@ -940,9 +980,10 @@ void backward_tile(const BwdArgs& a, int64_t blk) {
       g = Vec::blendv(zero, g, live);
       g.store(cols + j * V);
     }
-    for (int64_t l = 0; l < nr; ++l) {
-      scalar_t* grow = gout + (i0 + l) * C;
-      for (int64_t j = 0; j < C; ++j) grow[j] = static_cast<scalar_t>(cols[j * V + l]);
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      store_rows<acc_t, V>(cols, C, nr, gout + i0 * C);
+    } else {
+      store_rows_reduced<scalar_t, acc_t, V>(cols, C, nr, hcols, gout + i0 * C);
     }
   }
 }

@@ -231,12 +231,18 @@ FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
   a.partials = partials.data();
   a.bad_row = bad.data();
   // The gradient is computed inside the forward kernel when it can be: tile
-  // path, float / double logits, a reduction that factors (see above).
+  // path, a reduction that factors (see above).  The global factor is folded
+  // in when it is known before the kernel (below); half-precision logits are
+  // only fused then, so that their gradient is rounded once (otherwise the
+  // backward kernel below writes it, with the final coefficients).
   at::Tensor grad;
   double rel_a = 0, rel_b = 0;
   const bool factors = factor_coefficients(lam, red, norm, rel_a, rel_b);
+  const bool factor_known = red != Reduction::MEAN || (norm == MoMNorm::ROWS && lam == 0.0) ||
+                            !w.defined();
   const bool inline_grad = fuse && factors && a.c.C <= kTileMaxC &&
-                           (input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble);
+                           (input.scalar_type() == at::kFloat ||
+                            input.scalar_type() == at::kDouble || factor_known);
   if (fuse) grad = GradBufferCache::instance().empty({a.c.N, a.c.C}, input.options());
   // The global factor is folded into the inline gradient when it is known
   // before the kernel: 1 (sum / none), 1 / N (mean, mom_norm 'rows', lam = 0)
