@@ -238,26 +238,24 @@ FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
   at::Tensor grad;
   double rel_a = 0, rel_b = 0;
   const bool factors = factor_coefficients(lam, red, norm, rel_a, rel_b);
-  const bool factor_known = red != Reduction::MEAN || (norm == MoMNorm::ROWS && lam == 0.0) ||
-                            !w.defined();
+  // the global factor needs no kernel result: 1 (sum / none), 1 / N (mean,
+  // mom_norm 'rows', lam = 0) or 1 / (number of valid rows) (unweighted mean)
+  const bool constant_factor = red != Reduction::MEAN || (norm == MoMNorm::ROWS && lam == 0.0);
+  const bool factor_known = constant_factor || !w.defined();
   const bool inline_grad = fuse && factors && a.c.C <= kTileMaxC &&
                            (input.scalar_type() == at::kFloat ||
                             input.scalar_type() == at::kDouble || factor_known);
   if (fuse) grad = GradBufferCache::instance().empty({a.c.N, a.c.C}, input.options());
   // The global factor is folded into the inline gradient when it is known
-  // before the kernel: 1 (sum / none), 1 / N (mean, mom_norm 'rows', lam = 0)
-  // or 1 / (number of valid rows) (unweighted mean).  The backward is then a
-  // no-op for a unit upstream gradient (loss.backward()).  A weighted mean
-  // (denominator = sum of w_y) keeps the factor for the backward.
-  bool prescaled = false;
+  // before the kernel (factor_known).  The backward is then a no-op for a
+  // unit upstream gradient (loss.backward()).  A weighted mean (denominator =
+  // sum of w_y) keeps the factor for the backward.
+  const bool prescaled = inline_grad && factor_known;
   if (inline_grad) {
     double pre = 1.0;
-    if (red != Reduction::MEAN || (norm == MoMNorm::ROWS && lam == 0.0)) {
-      pre = global_factor(red, norm, lam, 0.0, double(a.c.N));
-      prescaled = true;
-    } else if (!w.defined()) {
-      pre = global_factor(red, norm, lam, double(count_valid_rows(a.c)), double(a.c.N));
-      prescaled = true;
+    if (prescaled) {
+      const double valid_rows = constant_factor ? 0.0 : double(count_valid_rows(a.c));
+      pre = global_factor(red, norm, lam, valid_rows, double(a.c.N));
     }
     a.gfused = grad.data_ptr();
     // a zero coefficient stays 0 (never 0 * inf: an all-ignored batch)
