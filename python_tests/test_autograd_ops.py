@@ -153,6 +153,9 @@ def test_opcheck_backward(args):
 
 
 def _fused_path(x):
+    # float / double only: bfloat16 / float16 logits are fused too, but with an
+    # upstream gradient other than 1 (as here) autograd calls mom_loss_bwd,
+    # so their gradient is the backward operator's, bitwise
     return (os.environ.get("MOMKERNELS_FUSED", "1") != "0" and x.device.type == "cpu"
             and x.shape[1] <= 64 and x.dtype in (torch.float32, torch.float64))
 
