@@ -59,10 +59,16 @@ def assert_same(model_a, loss_a, model_b, loss_b):
         torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
 
 
+def paper(model, ids, mask, labels, M=128, **kw):
+    """The paper's normalisation by hand: MoM term over B x M."""
+    return direct(model, ids, mask, labels, mom_norm=labels.shape[0] * M, **kw)
+
+
 def test_compute_loss_func_mean_and_num_items():
+    """mom_norm="valid": the per-batch mean, or the sum / num_items_in_batch."""
     m = tiny_model()
     ids, mask, labels = batch()
-    f = mom_compute_loss_func(lam=LAM, o_index=1)
+    f = mom_compute_loss_func(lam=LAM, o_index=1, mom_norm="valid")
     out = m(input_ids=ids, attention_mask=mask)
     assert_same(m, f(out, labels), m, direct(m, ids, mask, labels))
     n = torch.tensor(37)  # the Trainer's token count over accumulated micro-batches
@@ -70,11 +76,81 @@ def test_compute_loss_func_mean_and_num_items():
     assert_same(m, f(out, labels, num_items_in_batch=n),
                 m, direct(m, ids, mask, labels, reduction="sum") / 37)
     # extra kwargs reach mom_cross_entropy
-    ff = mom_compute_loss_func(lam=LAM, o_index=1, loss="focal", gamma=1.5)
+    ff = mom_compute_loss_func(lam=LAM, o_index=1, loss="focal", gamma=1.5, mom_norm="valid")
     out = m(input_ids=ids, attention_mask=mask)
     assert_same(m, ff(out, labels), m, direct(m, ids, mask, labels, loss="focal", gamma=1.5))
     with pytest.raises(ValueError, match="reduction"):
         mom_compute_loss_func(reduction="sum")
+
+
+def test_compute_loss_func_paper_is_the_default():
+    """The default normalisation is the paper's: MoM term over B x 128 whatever
+    the padded length T of the batch (9 here), not over the valid tokens."""
+    m = tiny_model()
+    ids, mask, labels = batch()
+    out = m(input_ids=ids, attention_mask=mask)
+    assert_same(m, mom_compute_loss_func(lam=LAM, o_index=1)(out, labels),
+                m, paper(m, ids, mask, labels))
+    out = m(input_ids=ids, attention_mask=mask)
+    explicit = mom_compute_loss_func(lam=LAM, o_index=1, mom_norm="paper", padded_length=128)
+    assert_same(m, explicit(out, labels), m, paper(m, ids, mask, labels))
+    # the paper's value differs from the other normalisations (so the tests can fail)
+    with torch.no_grad():
+        p = paper(m, ids, mask, labels)
+        for other in ("valid", "rows"):
+            assert not torch.allclose(p, direct(m, ids, mask, labels, mom_norm=other)), other
+    # padded_length is M
+    out = m(input_ids=ids, attention_mask=mask)
+    f256 = mom_compute_loss_func(lam=LAM, o_index=1, padded_length=256)
+    assert_same(m, f256(out, labels), m, paper(m, ids, mask, labels, M=256))
+    # other kwargs still reach mom_cross_entropy under the paper's normalisation
+    out = m(input_ids=ids, attention_mask=mask)
+    ff = mom_compute_loss_func(lam=LAM, o_index=1, loss="focal", gamma=1.5)
+    assert_same(m, ff(out, labels), m, paper(m, ids, mask, labels, loss="focal", gamma=1.5))
+
+
+@pytest.mark.parametrize("bad", [0, -128, 1.5, True, "128", None])
+def test_padded_length_validation(bad):
+    m = tiny_model()
+    ids, mask, labels = batch()
+    out = m(input_ids=ids, attention_mask=mask)
+    with pytest.raises(ValueError, match="padded_length"):
+        mom_compute_loss_func(lam=LAM, o_index=1, padded_length=bad)(out, labels)
+    with pytest.raises(ValueError, match="padded_length"):
+        use_mom_loss(tiny_model(), padded_length=bad)(input_ids=ids, attention_mask=mask,
+                                                       labels=labels)
+
+
+def test_paper_num_items_in_batch_weighting():
+    """With num_items_in_batch the micro-batch's paper loss is weighted by its
+    share of the label tokens; two micro-batches with the same tokens per
+    sentence add up to the paper loss of the whole batch."""
+    m = tiny_model()
+    ids, mask, labels = batch()
+    f = mom_compute_loss_func(lam=LAM, o_index=1)
+    valid = int((labels != -100).sum())
+    out = m(input_ids=ids, attention_mask=mask)
+    assert_same(m, f(out, labels, num_items_in_batch=torch.tensor(40)),
+                m, paper(m, ids, mask, labels) * (valid / 40))
+    # accumulation: 4 sentences, 2 micro-batches of 2, every sentence 6 label tokens
+    g = torch.Generator().manual_seed(3)
+    ids4 = torch.randint(1, 50, (4, 8), generator=g)
+    mask4 = torch.ones(4, 8, dtype=torch.long)
+    lab4 = torch.randint(0, C, (4, 8), generator=g)
+    lab4[:, 0] = -100
+    lab4[:, 7] = -100
+    lab4[0, 2:5] = 1
+    lab4[3, 1:3] = 1
+    n = int((lab4 != -100).sum())
+    assert n == 24
+    acc = sum(f(m(input_ids=ids4[s], attention_mask=mask4[s]), lab4[s], num_items_in_batch=n)
+              for s in (slice(0, 2), slice(2, 4)))
+    ref_model = tiny_model()
+    assert_same(m, acc, ref_model, paper(ref_model, ids4, mask4, lab4))
+    # a micro-batch without label tokens adds exactly 0
+    out = m(input_ids=ids, attention_mask=mask)
+    empty = torch.full_like(labels, -100)
+    assert float(f(out, empty, num_items_in_batch=torch.tensor(40)).detach()) == 0.0
 
 
 def test_trainer_uses_compute_loss_func(tmp_path):
@@ -88,13 +164,18 @@ def test_trainer_uses_compute_loss_func(tmp_path):
     inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     loss = tr.compute_loss(m, dict(inputs))
     ref_model = tiny_model()
-    assert_same(m, loss, ref_model, direct(ref_model, ids, mask, labels))
+    assert_same(m, loss, ref_model, paper(ref_model, ids, mask, labels))
+    loss = tr.compute_loss(m, dict(inputs), num_items_in_batch=torch.tensor(40))
+    valid = int((labels != -100).sum())
+    assert_same(m, loss, ref_model, paper(ref_model, ids, mask, labels) * (valid / 40))
+    tr = Trainer(model=m, args=args,
+                 compute_loss_func=mom_compute_loss_func(lam=LAM, o_index=1, mom_norm="valid"))
     loss = tr.compute_loss(m, dict(inputs), num_items_in_batch=torch.tensor(40))
     assert_same(m, loss, ref_model, direct(ref_model, ids, mask, labels, reduction="sum") / 40)
 
 
 def test_use_mom_loss_model_forward():
-    m = use_mom_loss(tiny_model())  # o_index from config.label2id["O"] = 1
+    m = use_mom_loss(tiny_model(), mom_norm="valid")  # o_index from config.label2id["O"] = 1
     assert m.mom_loss_config["o_index"] == 1
     ref = tiny_model()
     ids, mask, labels = batch()
@@ -115,6 +196,15 @@ def test_use_mom_loss_model_forward():
     use_mom_loss(m, lam=1.0, o_index=1)
     out = m(input_ids=ids, attention_mask=mask, labels=labels)
     torch.testing.assert_close(out.loss, ce.detach(), rtol=1e-5, atol=1e-6)
+    # the default is the paper's normalisation, padded_length is M
+    use_mom_loss(m)
+    assert m.mom_loss_config["o_index"] == 1
+    out = m(input_ids=ids, attention_mask=mask, labels=labels)
+    assert_same(m, out.loss, ref, paper(ref, ids, mask, labels))
+    use_mom_loss(m, padded_length=64)
+    out = m(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=25)
+    valid = int((labels != -100).sum())
+    assert_same(m, out.loss, ref, paper(ref, ids, mask, labels, M=64) * (valid / 25))
     # the class is untouched
     plain = tiny_model()
     out = plain(input_ids=ids, attention_mask=mask, labels=labels)
@@ -134,5 +224,15 @@ def test_global_mean_single_process_equals_mean():
         gb, = torch.autograd.grad(b, x)
         torch.testing.assert_close(a, b)
         torch.testing.assert_close(ga, gb)
-    with pytest.raises(NotImplementedError, match="rows"):
-        global_mean_mom_cross_entropy(x, y, 0.3, mom_norm="rows")
+    # the paper's normalisation: "rows" and a number (the global D_MoM)
+    for kw in ({}, {"weight": w}, {"loss": "focal"}):
+        for norm in ("rows", 8 * 128, 333.5):
+            a = global_mean_mom_cross_entropy(x, y, 0.3, o_index=2, mom_norm=norm, **kw)
+            b = momkernels.mom_cross_entropy(x, y, 0.3, o_index=2, mom_norm=norm, **kw)
+            ga, = torch.autograd.grad(a, x)
+            gb, = torch.autograd.grad(b, x)
+            torch.testing.assert_close(a, b, msg=f"{norm} {kw}")
+            torch.testing.assert_close(ga, gb, msg=f"{norm} {kw}")
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "paper"):
+        with pytest.raises(ValueError, match="mom_norm"):
+            global_mean_mom_cross_entropy(x, y, 0.3, mom_norm=bad)
