@@ -1,7 +1,9 @@
 """DistributedDataParallel with the global-mean loss: 2 CPU processes (gloo), the
 tiny BERT of examples/train_ner.py, ranks holding DIFFERENT numbers of valid
 tokens.  The DDP gradient must equal the single-process gradient of the mean
-loss over the concatenated global batch; the naive per-rank mean must not."""
+loss over the concatenated global batch; the naive per-rank mean must not.
+The same for the paper's normalisation (--mom-norm paper): D_MoM = sentences
+of the *global* batch x M; per-rank sentences x M must not give it."""
 
 import os
 import socket
@@ -19,8 +21,11 @@ if not torch.distributed.is_available():
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
 LAM = 0.3
-# name -> kwargs of train_ner.make_loss_fn
-LOSSES = ("mom", "torch-ce", "wce2", "mom-focal")
+# case -> (train_ner loss, --mom-norm)
+LOSSES = {"mom": ("mom", "valid"), "torch-ce": ("torch-ce", "valid"), "wce2": ("wce2", "valid"),
+          "mom-focal": ("mom-focal", "valid"), "mom-paper": ("mom", "paper"),
+          "mom-focal-paper": ("mom-focal", "paper")}
+SENTENCES = 6  # of the global batch
 
 
 def _tn():
@@ -53,14 +58,16 @@ def _setup():
     return tn, model, ids, mask, lab, w
 
 
-def _loss_fn(tn, name, w, distributed, o_index=0):
+def _loss_fn(tn, case, w, distributed, o_index=0):
+    name, norm = LOSSES[case]
     return tn.make_loss_fn(name, o_index=o_index, lam=LAM, gamma=2.0, backend="auto",
-                           weight=w if name.startswith("wce") else None, distributed=distributed)
+                           weight=w if name.startswith("wce") else None, distributed=distributed,
+                           mom_norm=norm)
 
 
 def _rank_rows(rank):
     # rank 0: sentences 0, 2, 4 (many tokens); rank 1: 1, 3, 5 (few)
-    return list(range(rank, 6, WORLD))
+    return list(range(rank, SENTENCES, WORLD))
 
 
 def _worker(rank, port, out_dir):
@@ -76,15 +83,18 @@ def _worker(rank, port, out_dir):
         ids, mask, lab = ids[rows], mask[rows], lab[rows]
         ddp = DDP(model)
         res = {"valid": int((lab != -100).sum())}
-        for name in LOSSES + ("naive-mom",):
+        for name in tuple(LOSSES) + ("naive-mom", "naive-paper"):
             ddp.zero_grad(set_to_none=True)
             logits = ddp(input_ids=ids, attention_mask=mask).logits
             if name == "naive-mom":  # per-rank mean: what SPEC's reduction="mean" gives
                 import momkernels
                 loss = momkernels.mom_cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                     lab.reshape(-1), LAM, o_index=0)
-            else:
-                loss = _loss_fn(tn, name, w, distributed=True)(logits, lab)
+            elif name == "naive-paper":  # D_MoM from this rank's sentences only
+                loss = _loss_fn(tn, "mom-paper", w, distributed=True)(
+                    logits, lab, sentences=len(rows))
+            else:  # train_ner passes the global batch's sentence count
+                loss = _loss_fn(tn, name, w, distributed=True)(logits, lab, sentences=SENTENCES)
             loss.backward()
             res[name] = [p.grad.clone() for p in model.parameters()]
         if rank == 0:
@@ -117,11 +127,23 @@ def test_ddp_gradient_equals_single_process(tmp_path):
         for g_ddp, g_ref in zip(ddp[name], ref):
             torch.testing.assert_close(g_ddp, g_ref, rtol=1e-4, atol=1e-6, msg=name)
 
-    # the naive per-rank mean gives a different gradient, so the test can fail
-    model.zero_grad(set_to_none=True)
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    _loss_fn(tn, "mom", w, distributed=False)(logits, lab).backward()
-    ref = [p.grad for p in model.parameters()]
-    diff = max(float((a - b).abs().max()) for a, b in zip(ddp["naive-mom"], ref))
-    scale = max(float(b.abs().max()) for b in ref)
-    assert diff > 1e-3 * scale
+    # the naive per-rank versions give a different gradient, so the test can fail
+    for naive, case in (("naive-mom", "mom"), ("naive-paper", "mom-paper")):
+        model.zero_grad(set_to_none=True)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        _loss_fn(tn, case, w, distributed=False)(logits, lab).backward()
+        ref = [p.grad for p in model.parameters()]
+        diff = max(float((a - b).abs().max()) for a, b in zip(ddp[naive], ref))
+        scale = max(float(b.abs().max()) for b in ref)
+        assert diff > 1e-3 * scale, naive
+
+
+def test_paper_norm_under_ddp_needs_the_global_sentence_count():
+    tn = _tn()
+    f = tn.make_loss_fn("mom", o_index=0, lam=LAM, gamma=2.0, backend="auto", weight=None,
+                        distributed=True, mom_norm="paper")
+    with pytest.raises(ValueError, match="sentences"):
+        f(torch.zeros(2, 3, 4), torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(SystemExit, match="rows"):
+        tn.make_loss_fn("mom", o_index=0, lam=LAM, gamma=2.0, backend="auto", weight=None,
+                        distributed=True, mom_norm="rows")
