@@ -1,26 +1,63 @@
 #!/usr/bin/env python
-"""Check the MoM paper's Table 3 with our own runs: CE, WCE, WCE-2, FL and MoM
-(the paper's lambda = 0.175 and lambda tuned on dev with Optuna's TPE) on
-CoNLL-2003, fine-tuning all-MiniLM-L6-v2 (``--model minilm``) over several seeds.
+"""Check the MoM paper (Nemoto, Kitada & Iyatomi, IEEE Access 2025) with our own
+runs on CoNLL-2003, fine-tuning all-MiniLM-L6-v2 (``--model minilm``) over
+several seeds: its Table 3 (CE, WCE, WCE-2, FL and MoM with lambda = 0.175 and
+lambda tuned on dev with Optuna's TPE), Table 5 (per entity type), Table 7
+(sentence accuracy by length), its 10-epoch schedule and its Figure 2 (little
+training data), plus a gradient-clipping control.
 
-    python examples/reproduce_paper.py --budget-minutes 85          # writes docs/paper_comparison.md
-    python examples/reproduce_paper.py --table-only                 # table from runs/paper/results.json
+    python examples/reproduce_paper.py --budget-minutes 85           # part "main"
+    python examples/reproduce_paper.py --parts clip,long,lowres --resume --budget-minutes 120
+    python examples/reproduce_paper.py --table-only                  # the page from the records
 
-Runs are loss-major in the order of ``--losses`` (default
-ce, focal, mom, wce, wce2, mom-tuned), so CE, FL and MoM finish for every seed
-first.  Every finished run is appended to ``--out``/results.json at once;
-``--resume`` skips runs already there; ``--budget-minutes`` starts no new run
-(or tuning trial) whose estimated duration (that of the previous comparable
-run) would exceed the budget, so a partial table is always written.
+Parts (``--parts``, comma list or ``all``; every run is appended to
+``--out``/results.json at once, ``--resume`` skips runs already there, and
+``--budget-minutes`` starts no new run (or tuning trial) whose estimated
+duration would exceed the budget, so the pieces can run in any order and
+sizes):
+  main    ``--losses`` (default ce, focal, mom, wce, wce2, mom-tuned) x
+          ``--seeds``, loss-major (CE, FL and MoM finish for every seed first);
+          run names = the loss names
+  clip    ``--clip-losses`` (ce, mom) with ``--max-grad-norm 0`` (no clipping):
+          runs ``ce-noclip``, ``mom-noclip``.  Why not a CE scaled down to MoM's
+          gradient norm: AdamW divides each update by the running gradient RMS,
+          so a constant loss scale changes nothing but the clipping -- a scaled
+          CE is CE with a higher clipping threshold; training both losses
+          without clipping removes the confound directly.  Every record keeps
+          ``clipped_fraction`` and ``grad_norm_median``; the page tabulates
+          them per loss.
+  long    the paper's 10-epoch schedule (``--long-epochs``) on a random
+          ``--long-fraction`` (1/10) subset, one subset per seed shared by the
+          losses: ``ce@10ep-1/10``, ``mom@10ep-1/10``
+  lowres  Figure 2: ``--lowres-losses`` (ce, focal, mom) on random subsets of
+          ``--fractions`` (3/100, 6/100, 1/10, 1/3) of the training set, one
+          subset per (fraction, seed) shared by the losses (train_ner's
+          ``--subset-seed`` = the seed; the subsets of a seed are nested):
+          ``ce@frac-3/100``, ...
+Runs per part: main |losses| x |seeds| (+ ``--optuna-trials`` tuning trials),
+clip |clip-losses| x |seeds|, long |long-losses| x |seeds|, lowres
+|lowres-losses| x |fractions| x |seeds|.  Records carry ``part``,
+``setting`` and ``base_loss``.
+
+MoM normalisation (``--mom-norm``, default ``paper``: D_MoM = sentences of the
+batch x ``--max-length``, see examples/train_ner.py); ``mom-tuned`` tunes lambda
+under the same normalisation (tuning.json records it).  A MoM run under another
+normalisation is named with it (``mom-valid``, ``mom-tuned-valid``) and shown as
+an ablation; the page keeps the section "Ablation: mom_norm=valid (previous
+run)" of the page it replaces (the first regeneration over a page made with
+``mom_norm="valid"`` moves that page there).
 
 ``mom-tuned``: ``--optuna-trials`` trials of optuna's TPESampler(seed=0) over
 lambda in [0, 1], each training on a ``--tune-max-train`` subset for
 ``--tune-epochs`` epochs (seed 0) and maximising dev entity F1; then MoM with
 the best lambda over all seeds.  Trials are kept in ``--out``/tuning.json.
 
-Scores: token-level macro P/R/F1 over all BIO classes incl. O (word level, the
-paper's metric) and seqeval entity F1, on the test split (eng.testb), mean ±
-std over seeds, with paired t-tests (scipy.stats.ttest_rel, paired by seed) vs CE.
+Scores (test split, eng.testb, x100, mean ± std over seeds): token-level macro
+P/R/F1 over all BIO classes incl. O (word level, the paper's metric), seqeval
+entity P/R/F1, per-entity-type P/R/F1, word and sentence accuracy; paired
+t-tests (scipy.stats.ttest_rel, paired by seed) against CE of the same setting
+(same part, fraction and schedule).  ``--table-only`` writes every view from
+whatever records exist and lists the parts that are missing.
 """
 
 from __future__ import annotations
@@ -30,10 +67,12 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -45,27 +84,46 @@ import train_ner as tn  # noqa: E402
 REPO = tn.REPO
 PAPER_LAM = 0.175
 ORDER = ("ce", "focal", "mom", "wce", "wce2", "mom-tuned")
+PARTS = ("main", "clip", "long", "lowres")
 NAMES = {"ce": "CE", "wce": "WCE (inverse frequency)", "wce2": "WCE-2 (paper's log10 weights)",
-         "focal": "FL (γ = 2)", "mom": f"MoM (λ = {PAPER_LAM}, paper)", "mom-tuned": "MoM (λ tuned)",
-         "torch-ce": "torch CE", "dice": "DL", "mom-focal": "MoM + FL", "mom-dice": "MoM + DL"}
+         "focal": "FL (γ = 2)", "torch-ce": "torch CE", "dice": "DL"}
 PAPER = {"ce": "91.00", "wce2": "91.07", "focal": "91.17", "mom": "91.33"}
+ABLATION = "## Ablation: mom_norm=valid (previous run)"
+ABLATION_END = "<!-- end of the preserved ablation -->"
+METRICS_PR = ("entity_precision", "entity_recall", "entity_f1", "token_macro_precision",
+              "token_macro_recall", "token_macro_f1")
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(tn.CONLL_DATA), help="CoNLL-2003 folder (eng.train ...)")
     p.add_argument("--model", default="minilm")
-    p.add_argument("--losses", default=",".join(ORDER))
+    p.add_argument("--parts", default="main",
+                   help="comma list of " + ",".join(PARTS) + " (or all); see above")
+    p.add_argument("--losses", default=",".join(ORDER), help="part main")
+    p.add_argument("--clip-losses", default="ce,mom", help="part clip (no gradient clipping)")
+    p.add_argument("--long-losses", default="ce,mom", help="part long")
+    p.add_argument("--long-epochs", type=int, default=10, help="part long: epochs")
+    p.add_argument("--long-fraction", default="1/10", help="part long: training fraction")
+    p.add_argument("--lowres-losses", default="ce,focal,mom", help="part lowres")
+    p.add_argument("--fractions", default="3/100,6/100,1/10,1/3",
+                   help="part lowres: training fractions (a/b or decimals)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--max-train", type=int, default=0, help="train subset (0 = all 14,041)")
+    p.add_argument("--max-grad-norm", type=float, default=1.0,
+                   help="clipping threshold of the runs outside part clip")
+    p.add_argument("--max-train", type=int, default=0,
+                   help="train subset (0 = all 14,041); fractions are of this many")
     p.add_argument("--max-eval", type=int, default=0)
     p.add_argument("--gamma", type=float, default=2.0)
-    p.add_argument("--mom-norm", default="valid", choices=("valid", "rows"),
-                   help="MoM denominator; 'rows' is the paper's (1/M)(1/N) over padded positions")
+    p.add_argument("--mom-norm", default="paper", choices=tn.MOM_NORMS,
+                   help="MoM denominator: 'paper' = sentences x --max-length (the paper's "
+                        "(1/N)(1/M)); 'valid' = labelled tokens; 'rows' = sentences x the "
+                        "batch's padded length (not the paper's)")
     p.add_argument("--wce2-beta", type=float, default=1.0)
     p.add_argument("--backend", default="auto")
     p.add_argument("--optuna-trials", type=int, default=4)
@@ -85,6 +143,18 @@ def parser():
     return p
 
 
+def parse_fraction(tok: str) -> float:
+    """"1/3" or "0.1" -> float in (0, 1]."""
+    f = float(Fraction(tok.strip()))
+    if not 0 < f <= 1:
+        raise SystemExit(f"fraction {tok!r} is not in (0, 1]")
+    return f
+
+
+def split_list(s: str) -> list:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
 def train_config(args, **over):
     """An argparse namespace for train_ner.train_one."""
     argv = ["--data", args.data, "--model", args.model, "--epochs", str(args.epochs),
@@ -92,6 +162,7 @@ def train_config(args, **over):
             "--max-length", str(args.max_length), "--max-train", str(args.max_train),
             "--max-eval", str(args.max_eval), "--gamma", str(args.gamma),
             "--wce2-beta", str(args.wce2_beta), "--mom-norm", args.mom_norm,
+            "--max-grad-norm", str(args.max_grad_norm),
             "--backend", args.backend, "--lam", str(PAPER_LAM),
             "--seeds", args.seeds, "--losses", "ce", "--out", args.out,
             "--threads", str(args.threads)]
@@ -103,29 +174,334 @@ def train_config(args, **over):
     return cfg
 
 
+# ------------------------------------------------------------------ run names and labels
+
+
+def norm_suffix(base: str, mom_norm: str) -> str:
+    """"-valid" for a MoM loss under a normalisation other than the paper's."""
+    return f"-{mom_norm}" if base.startswith("mom") and mom_norm != "paper" else ""
+
+
+def run_name(base: str, part: str, mom_norm: str, *, epochs=None, frac_tok=None) -> str:
+    """The record name of a run: ``mom``, ``mom-valid``, ``ce-noclip``,
+    ``mom@10ep-1/10``, ``focal@frac-3/100``."""
+    name = base + norm_suffix(base, mom_norm)
+    if part == "clip":
+        return name + "-noclip"
+    if part == "long":
+        return f"{name}@{epochs}ep-{frac_tok}"
+    if part == "lowres":
+        return f"{name}@frac-{frac_tok}"
+    return name
+
+
+def setting_of(part: str, *, epochs=None, frac_tok=None) -> str:
+    return {"main": "main", "clip": "noclip", "long": f"{epochs}ep-{frac_tok}",
+            "lowres": f"frac-{frac_tok}"}[part]
+
+
+def part_of(r) -> str:
+    return r.get("part", "main")  # records from before the parts: the main comparison
+
+
+def setting(r) -> str:
+    return r.get("setting", "main")
+
+
+def base_of(r) -> str:
+    return r.get("base_loss", r["loss"])
+
+
+def norm_of(r):
+    """The record's MoM normalisation (None for losses without a MoM term;
+    MoM records from before the option existed were "valid")."""
+    if not base_of(r).startswith("mom"):
+        return None
+    return r.get("mom_norm") or "valid"
+
+
+def label(r) -> str:
+    """The loss of a record in words, with its MoM normalisation."""
+    base = base_of(r)
+    if not base.startswith("mom"):
+        return NAMES.get(base, base)
+    lam = f"λ tuned = {r['lam']:.3f}" if base == "mom-tuned" else f"λ = {r['lam']:g}"
+    extra = {"mom-focal": " + FL", "mom-dice": " + DL"}.get(base, "")
+    norm = norm_of(r)
+    how = "paper norm" if norm == "paper" else f"{norm} norm; ablation"
+    return f"MoM{extra} ({lam}, {how})"
+
+
+def baseline_name(rows, sett: str):
+    """The run name of CE in setting ``sett`` (None if CE did not run there)."""
+    for r in rows:
+        if setting(r) == sett and base_of(r) == "ce":
+            return r["loss"]
+    return None
+
+
 def _fmt(xs, scale=100.0):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "—"
     m, s = tn._mean_std([x * scale for x in xs])
-    return f"{m:.2f} ± {s:.2f}" if xs else "—"
+    return f"{m:.2f} ± {s:.2f}"
 
 
-def make_table(records, tuning, meta) -> str:
+def _p(rows, metric, name, base):
+    rows = [r for r in rows if r["test"].get(metric) is not None]
+    p = tn.paired_ttest(rows, metric, name, base) if base else None
+    return "—" if p is None else f"{p:.3f}"
+
+
+def _names(rows) -> list:
+    """Run names of ``rows`` in ORDER of their base loss, then as they came."""
+    names = tn.loss_order(rows)
+    rank = {b: i for i, b in enumerate(ORDER)}
+    first = {n: next(r for r in rows if r["loss"] == n) for n in names}
+    return sorted(names, key=lambda n: (rank.get(base_of(first[n]), len(ORDER)),
+                                        norm_of(first[n]) not in (None, "paper"), names.index(n)))
+
+
+def _table(head, body) -> list:
+    return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            + ["| " + " | ".join(c) + " |" for c in body] + [""])
+
+
+def metrics_table(rows, metrics, *, paper_col=False, p_metrics=("token_macro_f1", "entity_f1"),
+                  extra=None) -> list:
+    """One row per run name of ``rows`` (one setting): mean ± std x100 of the
+    test ``metrics``, paired t-tests vs CE of the same setting."""
+    heads = {"entity_precision": "entity P", "entity_recall": "entity R",
+             "entity_f1": "entity F1", "token_macro_precision": "macro P",
+             "token_macro_recall": "macro R", "token_macro_f1": "macro F1",
+             "word_accuracy": "word acc.", "sentence_accuracy": "sentence acc."}
+    head = ["Loss", "runs"] + [heads[m] for m in metrics] + [f"p ({heads[m]})" for m in p_metrics]
+    head += [h for h, _ in (extra or [])]
+    if paper_col:
+        head.append("paper macro F1 (BERT-base)")
+    body = []
+    for name in _names(rows):
+        rs = [r for r in rows if r["loss"] == name]
+        base = baseline_name(rows, setting(rs[0]))
+        cells = [label(rs[0]), str(len(rs))]
+        cells += [_fmt([r["test"].get(m) for r in rs]) for m in metrics]
+        cells += [_p(rows, m, name, base) for m in p_metrics]
+        cells += [f(rs) for _, f in (extra or [])]
+        if paper_col:
+            cells.append(PAPER.get(base_of(rs[0]), "—") if norm_of(rs[0]) in (None, "paper")
+                         else "—")
+        body.append(cells)
+    return _table(head, body)
+
+
+# ------------------------------------------------------------------ the views
+
+
+def entity_type_table(rows) -> list:
+    """The paper's Table 5: per entity type P/R/F1 (seqeval), mean ± std over
+    seeds, one row per (type, loss)."""
+    types = sorted({k for r in rows for k in (r["test"].get("per_class") or {})
+                    if not k.endswith(" avg")})
+    body = []
+    for typ in types:
+        for name in _names(rows):
+            rs = [r for r in rows if r["loss"] == name and typ in (r["test"].get("per_class")
+                                                                   or {})]
+            if not rs:
+                continue
+            pc = [r["test"]["per_class"][typ] for r in rs]
+            body.append([typ, label(rs[0]), str(len(rs))]
+                        + [_fmt([c[m] for c in pc]) for m in ("precision", "recall", "f1-score")]
+                        + [f"{pc[0]['support']:.0f}"])
+    if not body:
+        return ["(no per-class scores in these records)", ""]
+    return _table(["Entity type", "Loss", "runs", "P", "R", "F1", "support"], body)
+
+
+def _bin_name(k: str) -> str:
+    k = int(k)
+    return f"{5 * k + 1}-{5 * k + 5}"
+
+
+def length_table(rows) -> list:
+    """The paper's Table 7: sentence accuracy (every word's tag right) by
+    sentence length in 5-word bins, counts pooled over the seeds of a loss."""
+    rows = [r for r in rows if r["test"].get("sentence_accuracy_by_length")]
+    if not rows:
+        return ["(no sentence-accuracy-by-length counts in these records)", ""]
+    names = _names(rows)
+    bins = sorted({k for r in rows for k in r["test"]["sentence_accuracy_by_length"]}, key=int)
+    pooled = {}
+    for name in names:
+        acc = {}
+        for r in rows:
+            if r["loss"] == name:
+                for k, (ok, n) in r["test"]["sentence_accuracy_by_length"].items():
+                    a = acc.setdefault(k, [0, 0])
+                    a[0] += ok
+                    a[1] += n
+        pooled[name] = acc
+    first = {n: next(r for r in rows if r["loss"] == n) for n in names}
+    runs = {n: sum(r["loss"] == n for r in rows) for n in names}
+    head = ["words", "sentences"] + [f"{label(first[n])} ({runs[n]} runs)" for n in names]
+    body = []
+    for k in bins:
+        n_sent = next((pooled[n][k][1] // runs[n] for n in names if k in pooled[n]), 0)
+        cells = [_bin_name(k), str(n_sent)]
+        for n in names:
+            ok, tot = pooled[n].get(k, (0, 0))
+            cells.append(f"{100 * ok / tot:.1f}" if tot else "—")
+        body.append(cells)
+    return _table(head, body)
+
+
+def clip_table(rows) -> list:
+    """Main and no-clipping runs: scores, how often clipping acted and the
+    median gradient norm, p vs CE of the same setting."""
+    def clip_cells(rs):
+        thr = rs[0].get("max_grad_norm")
+        return "off" if thr is not None and thr <= 0 else ("?" if thr is None else f"{thr:g}")
+
+    def frac(rs):
+        xs = [r.get("clipped_fraction") for r in rs if r.get("clipped_fraction") is not None]
+        return "—" if not xs else f"{100 * statistics.mean(xs):.0f} %"
+
+    def gn(rs):
+        xs = [r.get("grad_norm_median") for r in rs if r.get("grad_norm_median") is not None]
+        return "—" if not xs else f"{statistics.mean(xs):.3g}"
+
+    out = []
+    for sett in ("main", "noclip"):
+        rs = [r for r in rows if setting(r) == sett]
+        if rs:
+            out.append(f"Setting: {'max_grad_norm 1.0 (as the main table)' if sett == 'main' else 'no clipping (max_grad_norm 0)'}:\n")
+            out += metrics_table(rs, ("entity_precision", "entity_recall", "entity_f1",
+                                      "token_macro_f1"),
+                                 extra=[("clip at", clip_cells), ("steps clipped", frac),
+                                        ("median grad norm", gn)])
+    return out
+
+
+def lowres_rows(rows):
+    """{fraction label: rows} of part lowres, in increasing fraction."""
+    by = {}
+    for r in rows:
+        if part_of(r) == "lowres":
+            by.setdefault(r["fraction_label"], []).append(r)
+    return dict(sorted(by.items(), key=lambda kv: parse_fraction(kv[0])))
+
+
+LOWRES_METRICS = ("token_macro_f1", "sentence_accuracy", "word_accuracy", "entity_f1")
+
+
+def lowres_table(rows) -> list:
+    body = []
+    for tok, rs in lowres_rows(rows).items():
+        base = baseline_name(rs, setting(rs[0]))
+        for name in _names(rs):
+            g = [r for r in rs if r["loss"] == name]
+            cells = [tok, f"{statistics.mean(r['n_train'] for r in g):.0f}", label(g[0]),
+                     str(len(g))]
+            cells += [_fmt([r["test"].get(m) for r in g]) for m in LOWRES_METRICS]
+            ce = [r for r in rs if r["loss"] == base]
+            d = (tn._mean_std([r["test"]["token_macro_f1"] * 100 for r in g])[0]
+                 - tn._mean_std([r["test"]["token_macro_f1"] * 100 for r in ce])[0]) if ce else None
+            cells += ["—" if d is None or name == base else f"{d:+.2f}",
+                      _p(rs, "token_macro_f1", name, base), _p(rs, "sentence_accuracy", name, base)]
+            body.append(cells)
+    return _table(["fraction", "train sentences", "Loss", "runs", "macro F1", "sentence acc.",
+                   "word acc.", "entity F1", "Δ macro F1 vs CE", "p (macro F1)",
+                   "p (sentence acc.)"], body)
+
+
+def lowres_plot(rows, path: Path) -> bool:
+    """Figure 2: token macro-F1, sentence accuracy and word accuracy against the
+    training fraction, mean ± std over seeds per loss.  False if nothing to plot."""
+    by = lowres_rows(rows)
+    if not by:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    flat = [r for rs in by.values() for r in rs]
+    bases = [b for b in ORDER if any(base_of(r) == b for r in flat)]
+    bases += [b for b in dict.fromkeys(base_of(r) for r in flat) if b not in bases]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, (m, title) in zip(axes, (("token_macro_f1", "token macro F1"),
+                                     ("sentence_accuracy", "sentence accuracy"),
+                                     ("word_accuracy", "word accuracy"))):
+        for i, b in enumerate(bases):
+            xs, ms, ss = [], [], []
+            for tok, rs in by.items():
+                ys = [r["test"].get(m) for r in rs if base_of(r) == b]
+                ys = [y * 100 for y in ys if y is not None]
+                if ys:
+                    mm, sd = tn._mean_std(ys)
+                    xs.append(parse_fraction(tok))
+                    ms.append(mm)
+                    ss.append(sd)
+            if xs:
+                lab = label(next(r for r in flat if base_of(r) == b))
+                ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, color=f"C{i}", label=lab)
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(list(map(parse_fraction, by)), list(by))
+        ax.set_xlabel("fraction of the training set")
+        ax.set_title(f"test {title} (×100), mean ± std over seeds", fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def ablation_section(old: str, new_norm: str) -> str:
+    """The ablation section to keep from the page being replaced: its own
+    "Ablation: mom_norm=valid" section, or -- the first time a page made with
+    another normalisation replaces a mom_norm="valid" page -- that whole page,
+    headings demoted."""
+    if ABLATION in old:
+        sec = old[old.index(ABLATION):]
+        if ABLATION_END in sec:
+            sec = sec[:sec.index(ABLATION_END)]
+        return sec.rstrip() + "\n\n" + ABLATION_END + "\n"
+    # the page's own MoM normalisation is on its "- Scale:" line
+    if new_norm != "valid" and old.startswith("# MoM paper comparison") \
+            and re.search(r'^- Scale:.*mom_norm[= ]"?valid', old, flags=re.M):
+        body = old.split("\n", 1)[1] if "\n" in old else ""
+        body = "\n".join(("#" + ln) if ln.startswith("#") else ln for ln in body.splitlines())
+        return (f"{ABLATION}\n\nThe page this one replaced: the same comparison with "
+                "`mom_norm=\"valid\"` (MoM's O tokens weigh 1, entity tokens λ), from runs "
+                "whose records are not in the repository; kept as it was.\n"
+                + body.rstrip() + "\n\n" + ABLATION_END + "\n")
+    return ""
+
+
+def make_table(records, tuning, meta, old_doc: str = "", plot_path=None) -> str:
+    """The whole page (every view) from ``records``."""
     rows = [r for r in records if r.get("test")]
-    order = [l for l in ORDER if any(r["loss"] == l for r in rows)]
-    order += [l for l in tn.loss_order(rows) if l not in order]
-    lines = []
-    lines.append("# MoM paper comparison on CoNLL-2003 (our runs)\n")
+    main_rows = [r for r in rows if part_of(r) == "main"]
+    clip_rows = [r for r in rows if part_of(r) in ("main", "clip")
+                 and base_of(r) in split_list(meta.get("clip_losses", "ce,mom"))]
+    long_rows = [r for r in rows if part_of(r) == "long"]
+    lines = ["# MoM paper comparison on CoNLL-2003 (our runs)\n"]
     lines.append(f"- Date: {meta.get('date', '?')}")
     lines.append(f"- Machine: {meta.get('machine', '?')}")
     lines.append(f"- Model: `{meta.get('model')}` ({meta.get('model_desc', '')})")
     lines.append(f"- Data: {meta.get('data_desc', meta.get('data'))}")
+    norm = meta.get("mom_norm", "valid")
     lines.append(f"- Scale: {meta.get('epochs')} epochs, {meta.get('n_train')} training sentences, "
                  f"seeds {meta.get('seeds')}, lr {meta.get('lr')}, batch {meta.get('batch_size')}, "
-                 f"max length {meta.get('max_length')} sub-words, MoM mom_norm="
-                 f"\"{meta.get('mom_norm', 'valid')}\"")
+                 f"max length {meta.get('max_length')} sub-words, max_grad_norm "
+                 f"{meta.get('max_grad_norm', 1.0)}, MoM "
+                 f"{tn.norm_desc(norm, meta.get('max_length', 128))}")
     if tuning and tuning.get("trials"):
         tr = ", ".join(f"λ={t['lam']:.3f}: {t['dev_entity_f1'] * 100:.2f}" for t in tuning["trials"])
         lines.append(f"- λ tuning: Optuna TPESampler(seed=0), {len(tuning['trials'])} trials over "
-                     f"[0, 1], each {tuning.get('epochs')} epoch(s) on {tuning.get('n_train')} "
+                     f"[0, 1] with mom_norm=\"{tuning.get('mom_norm', 'valid')}\", each "
+                     f"{tuning.get('epochs')} epoch(s) on {tuning.get('n_train')} "
                      f"training sentences, maximising dev entity F1 ({tr}); best λ = "
                      f"{tuning['best_lam']:.3f}")
     commands = meta.get("commands") or [meta.get("command")]
@@ -136,42 +512,95 @@ def make_table(records, tuning, meta) -> str:
         lines.append(f"- Command: `{commands[0]}`")
     lines.append(f"- Wall time: {meta.get('wall_minutes', float('nan')):.1f} min"
                  + (" (budget reached: some runs were not started)" if meta.get("budget_hit") else ""))
+    have = {p: sum(part_of(r) == p for r in rows) for p in PARTS}
+    missing = [p for p in PARTS if not have[p]]
+    lines.append("- Runs in this page: " + ", ".join(f"{p} {have[p]}" for p in PARTS)
+                 + (f". Missing parts: {', '.join(missing)} (add them with "
+                    f"`python examples/reproduce_paper.py --parts {','.join(missing)} --resume "
+                    f"--out {meta.get('out', '<run folder>')}`)" if missing else ""))
     lines.append("")
     lines.append("Test split (eng.testb), mean ± std over seeds, ×100. Token macro = unweighted "
                  "mean over the 9 BIO classes (O included) of per-class scores on word-level tags "
-                 "(the paper's metric); entity F1 = seqeval (exact spans). p = paired t-test vs CE "
-                 "over seeds (scipy.stats.ttest_rel); — = fewer than 2 paired seeds.\n")
-    head = ["Loss", "runs", "macro P", "macro R", "macro F1", "entity F1", "p (macro F1)",
-            "p (entity F1)", "paper macro F1 (BERT-base)"]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
-    for loss in order:
-        rs = [r for r in rows if r["loss"] == loss]
-        lam = ""
-        if loss == "mom-tuned" and rs:
-            lam = f" = {rs[0]['lam']:.3f}"
-        name = NAMES.get(loss, loss).replace("λ tuned", "λ tuned" + lam)
-        cells = [name, str(len(rs))]
-        for m in ("token_macro_precision", "token_macro_recall", "token_macro_f1", "entity_f1"):
-            cells.append(_fmt([r["test"][m] for r in rs]))
-        for m in ("token_macro_f1", "entity_f1"):
-            p = tn.paired_ttest(rows, m, loss, "ce")
-            cells.append("—" if p is None else f"{p:.3f}")
-        cells.append(PAPER.get(loss, "—"))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    # medians: one run slowed by another process on the machine moves a mean
-    tp = {l: statistics.median([r["tokens_per_s"] for r in rows if r["loss"] == l]) for l in order}
-    ts = {l: statistics.median([r["train_seconds"] for r in rows if r["loss"] == l]) for l in order}
-    lines.append("Training time per run (s) / throughput (tokens/s), median over the runs: "
-                 + "; ".join(f"{l} {ts[l]:.0f} s / {tp[l]:,.0f}" for l in order) + ".\n")
+                 "(the paper's metric); entity P/R/F1 = seqeval (exact spans). p = paired t-test "
+                 "vs CE of the same setting over seeds (scipy.stats.ttest_rel); — = fewer than 2 "
+                 "paired seeds.\n")
+
+    lines.append("## Table 3: the losses compared\n")
+    if main_rows:
+        lines += metrics_table(main_rows, METRICS_PR, paper_col=True)
+        order = _names(main_rows)
+        # medians: one run slowed by another process on the machine moves a mean
+        tp = {n: statistics.median([r["tokens_per_s"] for r in main_rows if r["loss"] == n])
+              for n in order}
+        ts = {n: statistics.median([r["train_seconds"] for r in main_rows if r["loss"] == n])
+              for n in order}
+        lines.append("Training time per run (s) / throughput (tokens/s), median over the runs: "
+                     + "; ".join(f"{n} {ts[n]:.0f} s / {tp[n]:,.0f}" for n in order) + ".\n")
+    else:
+        lines.append("Missing: no runs of part main yet.\n")
     for note in meta.get("notes", []):
         lines.append(f"Note: {note}\n")
-    lines.append("How MoM weighs tokens: with `mom_norm=\"valid\"` (momkernels' default) the MoM "
-                 "loss is a per-token re-weighting of CE, weight 1 on gold-O tokens and λ on entity "
-                 "tokens (λ = 0.175: entity tokens count 5.7× less than O tokens); with "
-                 "`mom_norm=\"rows\"` (the paper's (1/M)(1/N)) the O term is divided by all padded "
-                 "positions instead, a milder emphasis on O.\n")
+    lines.append(
+        "How MoM weighs tokens: the paper's loss is (1/N) Σₙ [λ·L(sentence n) + (1−λ)·(1/M)·"
+        "Σ_{i: yᵢ = O} ℓᵢ] with M = 128 the padded input length and L the mean CE over the "
+        "batch's labelled tokens, so its MoM term is divided by N·M (`mom_norm=\"paper\"`, "
+        "passed to momkernels as the number N·M): per `O` token an extra weight of (1−λ)/λ · "
+        "(labelled tokens per sentence)/M relative to the CE term, about 0.5 at λ = 0.175 on "
+        "CoNLL-2003. With `mom_norm=\"valid\"` (momkernels' default) the MoM loss is a per-token "
+        "re-weighting of CE, weight 1 on gold-O tokens and λ on entity tokens (5.7× at "
+        "λ = 0.175).\n")
+
+    lines.append("## Table 5: per entity type\n")
+    lines += entity_type_table(main_rows) if main_rows else ["Missing: no runs of part main.", ""]
+    lines.append("## Table 7: sentence accuracy by sentence length; word accuracy\n")
+    if main_rows:
+        lines.append("Sentence accuracy (all tags of the sentence right, ×100) by length in "
+                     "words, counts pooled over the seeds of each loss:\n")
+        lines += length_table(main_rows)
+        lines.append("Word and sentence accuracy, mean ± std over seeds:\n")
+        lines += metrics_table(main_rows, ("word_accuracy", "sentence_accuracy"),
+                               p_metrics=("word_accuracy", "sentence_accuracy"))
+    else:
+        lines.append("Missing: no runs of part main.\n")
+
+    lines.append("## Gradient clipping control\n")
+    lines.append("With max_grad_norm 1.0 CE is clipped in most steps and MoM (paper "
+                 "normalisation, a smaller gradient) in few, so a difference may come from the "
+                 "clipping. Part clip trains the same losses without clipping. (A CE scaled "
+                 "down to MoM's gradient norm is not run: AdamW divides each update by the "
+                 "running gradient RMS, so a constant loss scale only moves the clipping "
+                 "threshold.) Steps clipped = the fraction of steps whose gradient norm exceeded "
+                 "the threshold; median grad norm = the median over a run's steps, mean over "
+                 "seeds.\n")
+    if have["clip"]:
+        lines += clip_table(clip_rows)
+    else:
+        lines.append("Missing: no runs of part clip yet (`--parts clip`).\n")
+        if main_rows:
+            lines += clip_table([r for r in main_rows])
+
+    lines.append("## The paper's schedule: more epochs on a subset\n")
+    if long_rows:
+        for sett in dict.fromkeys(setting(r) for r in long_rows):
+            rs = [r for r in long_rows if setting(r) == sett]
+            lines.append(f"{rs[0]['epochs']} epochs on {rs[0].get('fraction_label')} of the "
+                         f"training set ({rs[0]['n_train']} sentences, one random subset per "
+                         "seed shared by the losses):\n")
+            lines += metrics_table(rs, METRICS_PR + ("sentence_accuracy", "word_accuracy"))
+    else:
+        lines.append("Missing: no runs of part long yet (`--parts long`).\n")
+
+    lines.append("## Figure 2: little training data\n")
+    if have["lowres"]:
+        lines.append("Random sentence subsets, one per (fraction, seed) shared by the losses "
+                     "(the subsets of a seed are nested); Δ and p against CE at the same "
+                     "fraction.\n")
+        lines += lowres_table(rows)
+        if plot_path is not None:
+            lines.append(f"![Figure 2]({Path(plot_path).name})\n")
+    else:
+        lines.append("Missing: no runs of part lowres yet (`--parts lowres`).\n")
+
     lines.append("## Compared with the paper\n")
     lines.append(
         "The paper (Nemoto et al., IEEE Access 2025, Table 3) fine-tunes BERT-base-cased on "
@@ -182,34 +611,38 @@ def make_table(records, tuning, meta) -> str:
         "comparable one-to-one; the question we can answer is whether MoM's ranking against CE "
         "holds in our setting, and whether the difference is larger than the seed-to-seed "
         "spread (see the p-values).")
-    verdict = _verdict(rows)
+    verdict = _verdict(main_rows)
     if verdict:
-        lines.append("")
-        lines.append(verdict)
+        lines += ["", verdict]
+    warns = tn.warning_lines(rows)
+    if warns:
+        lines += ["", "Warnings of the runs (data checks, trained models):", ""]
+        lines += [f"- {w}" for w in warns[:20]]
+        if len(warns) > 20:
+            lines.append(f"- ... and {len(warns) - 20} more (records' \"warnings\")")
     lines.append("")
     lines.append("Raw records: `results.json` in the run folder "
                  f"(`{meta.get('out')}`); regenerate this page with "
                  "`python examples/reproduce_paper.py --table-only --out <run folder>`.")
-    return "\n".join(lines) + "\n"
+    abl = ablation_section(old_doc, norm)
+    return "\n".join(lines) + "\n" + ("\n" + abl if abl else "")
 
 
 def _verdict(rows) -> str:
-    def ms(loss, m):
-        xs = [r["test"][m] * 100 for r in rows if r["loss"] == loss]
-        return tn._mean_std(xs) if xs else None
-    ce = ms("ce", "token_macro_f1")
-    if ce is None:
+    base = baseline_name(rows, "main")
+    if base is None:
         return ""
+    ce = tn._mean_std([r["test"]["token_macro_f1"] * 100 for r in rows if r["loss"] == base])
     out = []
-    for loss in ("mom", "mom-tuned", "focal", "wce2", "wce"):
-        v = ms(loss, "token_macro_f1")
-        if v is None:
+    for name in _names(rows):
+        if name == base:
             continue
-        p = tn.paired_ttest(rows, "token_macro_f1", loss, "ce")
-        d = v[0] - ce[0]
+        rs = [r for r in rows if r["loss"] == name]
+        v = tn._mean_std([r["test"]["token_macro_f1"] * 100 for r in rs])
+        p = tn.paired_ttest(rows, "token_macro_f1", name, base)
         sig = "" if p is None else (f" (p = {p:.3f}, " + ("significant at 0.05)" if p < 0.05
                                                           else "not significant at 0.05)"))
-        out.append(f"{NAMES.get(loss, loss)}: {d:+.2f} macro-F1 points vs CE{sig}")
+        out.append(f"{label(rs[0])}: {v[0] - ce[0]:+.2f} macro-F1 points vs CE{sig}")
     return "Measured differences vs CE: " + "; ".join(out) + "." if out else ""
 
 
@@ -217,11 +650,44 @@ def load_json(p: Path, default):
     return json.loads(p.read_text()) if p.is_file() else default
 
 
+def write_doc(args, records, tuning, meta) -> str:
+    doc_p = Path(args.doc)
+    old = doc_p.read_text() if doc_p.is_file() else ""
+    plot_p = doc_p.with_name(doc_p.stem + "_figure2.png")
+    if not lowres_plot([r for r in records if r.get("test")], plot_p):
+        plot_p = None
+    doc = make_table(records, tuning, meta, old_doc=old, plot_path=plot_p)
+    doc_p.parent.mkdir(parents=True, exist_ok=True)
+    doc_p.write_text(doc)
+    return doc
+
+
+def load_tuning(out: Path, mom_norm: str) -> tuple[Path, dict]:
+    """(path, trials) of the lambda tuning under ``mom_norm``: tuning.json for
+    the paper's normalisation, tuning_<norm>.json for the others.  A
+    tuning.json from before the option (no "mom_norm": it was "valid") or of
+    another normalisation is moved to its own name, not reused."""
+    main_p = out / "tuning.json"
+    old = load_json(main_p, {})
+    if old and old.get("mom_norm", "valid") != "paper":
+        moved = out / f"tuning_{old.get('mom_norm', 'valid')}.json"
+        if not moved.exists():
+            moved.write_text(json.dumps({**old, "mom_norm": old.get("mom_norm", "valid")},
+                                        indent=1))
+        main_p.unlink()
+    p = main_p if mom_norm == "paper" else out / f"tuning_{mom_norm}.json"
+    return p, load_json(p, {})
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta_p, tune_p = out / "meta.json", out / "tuning.json"
+    meta_p = out / "meta.json"
+    parts = list(PARTS) if args.parts.strip() == "all" else split_list(args.parts)
+    for part in parts:
+        if part not in PARTS:
+            raise SystemExit(f"--parts: unknown part {part!r}; choose from {', '.join(PARTS)}")
     if args.table_only:
         records = tn.load_records(out)
         meta = load_json(meta_p, {})
@@ -229,32 +695,39 @@ def main(argv=None):
         if new_notes:
             meta["notes"] = meta.get("notes", []) + new_notes
             meta_p.write_text(json.dumps(meta, indent=1))
-        doc = make_table(records, load_json(tune_p, {}), meta)
-        Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.doc).write_text(doc)
+        _, tuning = load_tuning(out, meta.get("mom_norm", "valid"))
+        doc = write_doc(args, records, tuning, meta)
         print(doc)
         return records
 
     t0 = time.perf_counter()
     records = tn.load_records(out) if args.resume else []
-    tuning = load_json(tune_p, {}) if args.resume else {}
+    tune_p, tuning = load_tuning(out, args.mom_norm)
+    if not args.resume:
+        tuning = {}
     meta = load_json(meta_p, {}) if args.resume else {}
     prev_wall = meta.get("wall_minutes", 0.0) if args.resume else 0.0
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    losses = [l.strip() for l in args.losses.split(",") if l.strip()]
-    for l in losses:
-        if l != "mom-tuned" and l not in tn.ALL_LOSSES:
-            raise SystemExit(f"--losses: unknown loss {l!r}")
+    losses = split_list(args.losses)
+    for group in (losses, split_list(args.clip_losses), split_list(args.long_losses),
+                  split_list(args.lowres_losses)):
+        for l in group:
+            if l != "mom-tuned" and l not in tn.ALL_LOSSES:
+                raise SystemExit(f"unknown loss {l!r}")
+    fractions = {tok: parse_fraction(tok) for tok in split_list(args.fractions)}
+    long_frac = parse_fraction(args.long_fraction)
     cfg = train_config(args)
     prep = tn.Prepared(cfg)
     print(f"CoNLL data {args.data}: train {len(prep.train)} / dev {len(prep.dev)} / test "
-          f"{len(prep.test)}; labels {prep.labels}", flush=True)
+          f"{len(prep.test)}; labels {prep.labels}; parts {','.join(parts)}", flush=True)
     budget_s = args.budget_minutes * 60 if args.budget_minutes > 0 else float("inf")
-    last = {"run": None, "trial": None}
+    # duration estimate = train seconds per sentence-epoch x sentences x epochs + the rest
+    # (model building, evaluation) of the latest run
+    last = {"rate": None, "overhead": 0.0, "trial": None}
     budget_hit = False
 
-    def fits(kind):
-        est = last[kind] or 0.0
+    def fits_run(n_train, epochs):
+        est = 0.0 if last["rate"] is None else last["rate"] * n_train * epochs + last["overhead"]
         return (time.perf_counter() - t0) + est <= budget_s
 
     n_cpu = torch.get_num_threads()
@@ -274,10 +747,12 @@ def main(argv=None):
         "data": args.data,
         "data_desc": (f"CoNLL-2003 English ({Path(args.data).name}: eng.train / eng.testa (dev) / "
                       "eng.testb (test)), IOB1 converted to BIO"),
-        "mom_norm": args.mom_norm,
+        "mom_norm": args.mom_norm, "max_grad_norm": args.max_grad_norm,
         "epochs": args.epochs, "n_train": len(prep.train), "seeds": all_seeds, "lr": args.lr,
         "batch_size": args.batch_size, "max_length": args.max_length, "out": str(out),
         "command": command, "commands": commands + [command],
+        "parts": sorted(set(meta.get("parts", [])) | set(parts), key=PARTS.index),
+        "clip_losses": args.clip_losses,
         "notes": meta.get("notes", []) + [n for n in args.note if n not in meta.get("notes", [])],
     })
 
@@ -287,76 +762,118 @@ def main(argv=None):
         meta_p.write_text(json.dumps(meta, indent=1))
         tn.write_outputs(records, out, baseline="ce")
 
-    def run(loss_fn, name, seed, lam=None):
+    def run(loss_fn, base, seed, *, part="main", lam=None, cfg_=None, prep_=None, n_train=None,
+            epochs=None, frac_tok=None):
+        """One run unless done or over budget; ``prep_`` may be a callable
+        (the Prepared is only built when a run needs it)."""
         nonlocal budget_hit
+        name = run_name(base, part, args.mom_norm, epochs=epochs, frac_tok=frac_tok)
         if any(r["loss"] == name and r["seed"] == seed for r in records):
             return
-        if not fits("run"):
+        c = cfg_ or cfg
+        if not fits_run(n_train or len(prep.train), c.epochs):
             budget_hit = True
             print(f"budget: skipping {name} seed {seed}", flush=True)
             return
+        p = prep_() if callable(prep_) else (prep_ or prep)
         ts = time.perf_counter()
-        rec = tn.train_one(cfg, loss_fn, seed, prep, lam=lam, record_name=name)
-        last["run"] = time.perf_counter() - ts
+        rec = tn.train_one(c, loss_fn, seed, p, lam=lam, record_name=name)
+        took = time.perf_counter() - ts
+        last["rate"] = rec["train_seconds"] / max(len(p.train) * c.epochs, 1)
+        last["overhead"] = max(took - rec["train_seconds"], 0.0)
+        rec.update(part=part, setting=setting_of(part, epochs=epochs, frac_tok=frac_tok),
+                   base_loss=base, fraction_label=frac_tok)
         records.append(rec)
         save()
-        t = rec["test"]
-        print(f"{name:>9} seed {seed}: test macro F1 {t['token_macro_f1'] * 100:.2f}, entity F1 "
-              f"{t['entity_f1'] * 100:.2f}; {last['run']:.0f} s "
-              f"(elapsed {(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
+        print(f"{tn.run_line(rec)} (elapsed {(time.perf_counter() - t0) / 60:.1f} min)",
+              flush=True)
 
-    for loss in losses:
-        if loss != "mom-tuned":
+    if "main" in parts:
+        for loss in losses:
+            if loss != "mom-tuned":
+                for seed in seeds:
+                    run(loss, loss, seed)
+                continue
+            tuning = tune_lambda(args, tuning, tune_p, budget_s, t0, last)
+            if tuning.get("budget_hit"):
+                budget_hit = True
+            if tuning.get("best_lam") is None:
+                continue
             for seed in seeds:
-                run(loss, loss, seed)
-            continue
-        # ---- tune lambda on dev with TPE, then MoM with the best lambda
-        if tuning.get("best_lam") is None or len(tuning.get("trials", [])) < args.optuna_trials:
-            import optuna
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            trials = tuning.get("trials", [])
-            tcfg = train_config(args, max_train=args.tune_max_train, epochs=args.tune_epochs)
-            tprep = tn.Prepared(tcfg)
-            study = optuna.create_study(direction="maximize",
-                                        sampler=optuna.samplers.TPESampler(seed=0))
-            for t in trials:  # resume: tell TPE what was already tried
-                study.add_trial(optuna.trial.create_trial(
-                    params={"lam": t["lam"]},
-                    distributions={"lam": optuna.distributions.FloatDistribution(0.0, 1.0)},
-                    value=t["dev_entity_f1"]))
-            while len(trials) < args.optuna_trials:
-                if not fits("trial"):
-                    budget_hit = True
-                    print("budget: stopping lambda tuning", flush=True)
-                    break
-                trial = study.ask()
-                lam = trial.suggest_float("lam", 0.0, 1.0)
-                ts = time.perf_counter()
-                rec = tn.train_one(tcfg, "mom", 0, tprep, lam=lam, record_name="mom-trial",
-                                   eval_test=False)
-                last["trial"] = time.perf_counter() - ts
-                f1 = rec["dev"]["entity_f1"]
-                study.tell(trial, f1)
-                trials.append({"lam": lam, "dev_entity_f1": f1,
-                               "dev_token_macro_f1": rec["dev"]["token_macro_f1"],
-                               "seconds": last["trial"]})
-                print(f"  tuning trial {len(trials)}: lam {lam:.3f} -> dev entity F1 "
-                      f"{f1 * 100:.2f} ({last['trial']:.0f} s)", flush=True)
-                best = max(trials, key=lambda t: t["dev_entity_f1"])
-                tuning = {"trials": trials, "best_lam": best["lam"], "n_train": len(tprep.train),
-                          "epochs": args.tune_epochs, "metric": "dev entity F1"}
-                tune_p.write_text(json.dumps(tuning, indent=1))
-        if tuning.get("best_lam") is None:
-            continue
+                run("mom", "mom-tuned", seed, lam=tuning["best_lam"])
+    if "clip" in parts:  # the main setting without gradient clipping
+        ccfg = train_config(args, max_grad_norm=0.0)
         for seed in seeds:
-            run("mom", "mom-tuned", seed, lam=tuning["best_lam"])
+            for loss in split_list(args.clip_losses):
+                run(loss, loss, seed, part="clip", cfg_=ccfg)
+    n_full = args.max_train or prep.n_train_full
+
+    def subset_runs(part, loss_list, tok, frac, epochs):
+        """The losses on one random subset per seed (subset seed = the seed)."""
+        for seed in seeds:
+            scfg = train_config(args, epochs=epochs, train_fraction=frac, subset_seed=seed)
+            cache = {}
+
+            def get(scfg=scfg, cache=cache):
+                if "p" not in cache:
+                    cache["p"] = tn.Prepared(scfg)
+                return cache["p"]
+            for loss in loss_list:
+                run(loss, loss, seed, part=part, cfg_=scfg, prep_=get,
+                    n_train=max(1, round(frac * n_full)), epochs=epochs, frac_tok=tok)
+
+    if "long" in parts:
+        subset_runs("long", split_list(args.long_losses), args.long_fraction.strip(), long_frac,
+                    args.long_epochs)
+    if "lowres" in parts:
+        for tok, frac in fractions.items():
+            subset_runs("lowres", split_list(args.lowres_losses), tok, frac, args.epochs)
     save()
-    doc = make_table(records, tuning, meta)
-    Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.doc).write_text(doc)
+    doc = write_doc(args, records, tuning, meta)
     print("\n" + doc, flush=True)
     print(f"wrote {args.doc} and {out}/results.json", flush=True)
     return records
+
+
+def tune_lambda(args, tuning, tune_p, budget_s, t0, last) -> dict:
+    """Optuna TPE over lambda (dev entity F1) under --mom-norm; resumes from
+    ``tuning``; returns the updated tuning dict ("budget_hit" when stopped)."""
+    if tuning.get("best_lam") is not None and len(tuning.get("trials", [])) >= args.optuna_trials:
+        return tuning
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials = tuning.get("trials", [])
+    tcfg = train_config(args, max_train=args.tune_max_train, epochs=args.tune_epochs)
+    tprep = tn.Prepared(tcfg)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    for t in trials:  # resume: tell TPE what was already tried
+        study.add_trial(optuna.trial.create_trial(
+            params={"lam": t["lam"]},
+            distributions={"lam": optuna.distributions.FloatDistribution(0.0, 1.0)},
+            value=t["dev_entity_f1"]))
+    while len(trials) < args.optuna_trials:
+        if (time.perf_counter() - t0) + (last["trial"] or 0.0) > budget_s:
+            print("budget: stopping lambda tuning", flush=True)
+            return {**tuning, "budget_hit": True}
+        trial = study.ask()
+        lam = trial.suggest_float("lam", 0.0, 1.0)
+        ts = time.perf_counter()
+        rec = tn.train_one(tcfg, "mom", 0, tprep, lam=lam, record_name="mom-trial",
+                           eval_test=False)
+        last["trial"] = time.perf_counter() - ts
+        f1 = rec["dev"]["entity_f1"]
+        study.tell(trial, f1)
+        trials.append({"lam": lam, "dev_entity_f1": f1,
+                       "dev_token_macro_f1": rec["dev"]["token_macro_f1"],
+                       "seconds": last["trial"]})
+        print(f"  tuning trial {len(trials)}: lam {lam:.3f} -> dev entity F1 "
+              f"{f1 * 100:.2f} ({last['trial']:.0f} s)", flush=True)
+        best = max(trials, key=lambda t: t["dev_entity_f1"])
+        tuning = {"trials": trials, "best_lam": best["lam"], "n_train": len(tprep.train),
+                  "epochs": args.tune_epochs, "metric": "dev entity F1",
+                  "mom_norm": args.mom_norm}
+        tune_p.write_text(json.dumps(tuning, indent=1))
+    return tuning
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import random
@@ -666,6 +667,9 @@ class Prepared:
         self.train_fraction = getattr(cfg, "train_fraction", 0.0)
         train = train_subset(train, cfg.max_train, self.train_fraction, self.subset_seed)
         self.train_sents = train
+        # names the subset in the records (runs on the same sentences share it)
+        self.subset_digest = hashlib.sha1(
+            "\n".join(" ".join(t) for t, _ in train).encode()).hexdigest()[:12]
         self.dev_sents = read_conll(splits["dev"])
         self.test_sents = read_conll(splits["test"])
         if cfg.max_eval:
@@ -829,6 +833,7 @@ def train_one(cfg, loss_name: str, seed: int, prepared: Optional[Prepared] = Non
         "batch_size": cfg.batch_size, "max_length": cfg.max_length,
         "n_train": len(prep.train), "n_train_full": prep.n_train_full,
         "train_fraction": prep.train_fraction or None, "subset_seed": prep.subset_seed,
+        "train_subset_digest": prep.subset_digest,
         "warmup_ratio": getattr(cfg, "warmup_ratio", 0.1),
         "n_dev": len(prep.dev), "n_test": len(prep.test),
         "backend": cfg.backend if loss_name != "torch-ce" else "torch",

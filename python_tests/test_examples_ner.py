@@ -245,15 +245,20 @@ def test_main_end_to_end_tiny(tn, tmp_path):
     assert len(again) == 8
 
 
-def test_reproduce_paper_resume_keeps_every_command_and_seed(tn, tmp_path):
+@pytest.fixture(scope="module")
+def rp(tn):
+    spec = importlib.util.spec_from_file_location("reproduce_paper",
+                                                  ROOT / "examples" / "reproduce_paper.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_reproduce_paper_resume_keeps_every_command_and_seed(tn, rp, tmp_path):
     """examples/reproduce_paper.py with the tiny model on the bundled WNUT-17: a
     second call with --resume adds runs (another loss, another seed, lambda
     tuning) to the same folder, and the table lists both commands and all seeds."""
     pytest.importorskip("optuna")  # the lambda tuning (tools/bootstrap.sh installs it)
-    spec = importlib.util.spec_from_file_location("reproduce_paper",
-                                                  ROOT / "examples" / "reproduce_paper.py")
-    rp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rp)
     out, doc = tmp_path / "paper", tmp_path / "paper.md"
     common = ["--data", str(ROOT / "examples" / "data" / "wnut17"), "--model", "tiny",
               "--epochs", "1", "--max-train", "48", "--max-eval", "30", "--batch-size", "16",
@@ -269,10 +274,13 @@ def test_reproduce_paper_resume_keeps_every_command_and_seed(tn, tmp_path):
     assert meta["seeds"] == [0, 1] and len(meta["commands"]) == 2
     text = doc.read_text()
     assert "--losses ce,mom --seeds 0" in text and "--resume" in text
-    for name in ("| CE |", "| MoM (λ = 0.175, paper) |", "| WCE-2", "| MoM (λ tuned"):
+    for name in ("| CE |", "| MoM (λ = 0.175, paper norm) |", "| WCE-2", "| MoM (λ tuned"):
         assert name in text, name
     tuning = json.loads((out / "tuning.json").read_text())
     assert len(tuning["trials"]) == 2 and 0.0 <= tuning["best_lam"] <= 1.0
+    # lambda is tuned under the runs' normalisation
+    assert tuning["mom_norm"] == "paper" and meta["mom_norm"] == "paper"
+    assert {r["mom_norm"] for r in second if r["loss"].startswith("mom")} == {"paper"}
     # --table-only rewrites the page from the records, adding a note
     rp.main(["--out", str(out), "--doc", str(doc), "--table-only", "--note", "a test note."])
     assert "Note: a test note." in doc.read_text()
@@ -400,3 +408,174 @@ def test_prepared_emits_data_warnings_once(tn, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", tn.NERDataWarning)
         assert tn.Prepared(cfg).warnings == []
+
+
+# ------------------------------------------------------------------ reproduce_paper (issue 12, item 6)
+
+
+def _rec(loss, seed, macro, *, base=None, part="main", sett="main", norm=None, frac=None,
+         entity=None, per_class=None, by_len=None, clipped=None, gn=None, mgn=1.0, lam=0.175,
+         n_train=100, epochs=3):
+    """A synthetic results.json record with the fields the page reads."""
+    base = base or loss
+    t = {"token_macro_f1": macro, "token_macro_precision": macro - 0.01,
+         "token_macro_recall": macro + 0.01, "entity_f1": macro if entity is None else entity,
+         "entity_precision": macro, "entity_recall": macro, "word_accuracy": macro + 0.1,
+         "sentence_accuracy": macro - 0.2,
+         "per_class": per_class or {"PER": {"precision": macro, "recall": macro,
+                                            "f1-score": macro, "support": 10.0}},
+         "sentence_accuracy_by_length": by_len or {"0": [1, 2]}}
+    r = {"loss": loss, "seed": seed, "test": t, "lam": lam if base.startswith("mom") else 1.0,
+         "mom_norm": norm, "tokens_per_s": 100.0, "train_seconds": 10.0, "n_train": n_train,
+         "epochs": epochs, "max_grad_norm": mgn, "clipped_fraction": clipped,
+         "grad_norm_median": gn, "warnings": []}
+    if part != "main" or base != loss:
+        r.update(part=part, setting=sett, base_loss=base, fraction_label=frac)
+    return r
+
+
+def _synthetic(rp):
+    recs = []
+    for s, (a, b, c) in enumerate([(0.80, 0.78, 0.70), (0.82, 0.81, 0.72), (0.81, 0.795, 0.75)]):
+        # main: records as an older reproduce_paper wrote them (no part/setting)
+        recs.append(_rec("ce", s, a, clipped=0.8 + 0.1 * (s == 1), gn=2.0 + 2 * (s == 1)))
+        recs.append(_rec("mom", s, b, norm="paper", clipped=0.1, gn=0.5))
+        recs.append(_rec("mom-valid", s, b - 0.01, base="mom", norm="valid"))
+        # the low-resource curve: CE there is far below the main CE
+        recs.append(_rec("ce@frac-1/10", s, c, part="lowres", sett="frac-1/10", base="ce",
+                         frac="1/10", n_train=10))
+        recs.append(_rec("mom@frac-1/10", s, c + 0.01 * (s + 1), part="lowres",
+                         sett="frac-1/10", base="mom", norm="paper", frac="1/10", n_train=10))
+    return recs
+
+
+def test_labels_say_the_normalisation(rp):
+    old = {"loss": "mom", "seed": 0, "lam": 0.175, "mom_norm": "valid"}
+    assert rp.label(old) == "MoM (λ = 0.175, valid norm; ablation)"
+    assert rp.label({**old, "mom_norm": None}) == "MoM (λ = 0.175, valid norm; ablation)"
+    assert rp.label({**old, "mom_norm": "paper"}) == "MoM (λ = 0.175, paper norm)"
+    assert rp.label({"loss": "mom-tuned", "lam": 0.4321, "mom_norm": "paper"}) == \
+        "MoM (λ tuned = 0.432, paper norm)"
+    assert rp.label({"loss": "ce", "mom_norm": None}) == "CE"
+    assert rp.run_name("mom", "main", "valid") == "mom-valid"
+    assert rp.run_name("mom-tuned", "main", "paper") == "mom-tuned"
+    assert rp.run_name("ce", "clip", "valid") == "ce-noclip"
+    assert rp.run_name("mom", "long", "paper", epochs=10, frac_tok="1/10") == "mom@10ep-1/10"
+    assert rp.run_name("focal", "lowres", "paper", frac_tok="3/100") == "focal@frac-3/100"
+
+
+def test_views_from_synthetic_records(rp):
+    from scipy.stats import ttest_rel
+    recs = _synthetic(rp)
+    page = rp.make_table(recs, {}, {"out": "runs/x", "mom_norm": "paper", "commands": ["cmd"]})
+    # Table 3: the valid-norm records labelled as an ablation, P/R columns
+    assert "| MoM (λ = 0.175, valid norm; ablation) | 3 |" in page
+    assert "| MoM (λ = 0.175, paper norm) | 3 |" in page
+    assert "entity P | entity R | entity F1 | macro P | macro R | macro F1" in page
+    # p of MoM vs CE of the same setting: main CE for main, CE@1/10 for the curve
+    p_main = ttest_rel([0.78, 0.81, 0.795], [0.80, 0.82, 0.81]).pvalue
+    p_frac = ttest_rel([0.71, 0.74, 0.78], [0.70, 0.72, 0.75]).pvalue
+    p_wrong = ttest_rel([0.71, 0.74, 0.78], [0.80, 0.82, 0.81]).pvalue
+    assert f"{p_frac:.3f}" != f"{p_wrong:.3f}"
+    row = [ln for ln in page.splitlines() if ln.startswith("| MoM (λ = 0.175, paper norm) | 3 |")
+           and "91.33" in ln][0]
+    assert f"| {p_main:.3f} |" in row
+    frac_row = [ln for ln in page.splitlines() if ln.startswith("| 1/10 | 10 | MoM")][0]
+    assert f"| {p_frac:.3f} |" in frac_row and "| +2.00 |" in frac_row
+    # Table 5 from per_class: mean ± std over seeds
+    assert "| PER | CE | 3 | 81.00 ± 1.00 | 81.00 ± 1.00 | 81.00 ± 1.00 | 10 |" in page
+    # Table 7: pooled counts (1 of 2 per run) -> 50.0, bin 1-5
+    assert "| 1-5 | 2 | 50.0 | 50.0 | 50.0 |" in page
+    assert "| CE | 3 | 91.00 ± 1.00 | 61.00 ± 1.00 |" in page  # word / sentence accuracy
+    # clipping: steps clipped and median grad norm per loss
+    ce_clip = [ln for ln in page.splitlines() if ln.startswith("| CE | 3 |") and "%" in ln][0]
+    assert "| 1 | 83 % | 2.67 |" in ce_clip
+    # the parts that are missing are named
+    assert "Missing parts: clip, long" in page and "no runs of part long yet" in page
+    assert "![Figure 2]" not in page  # no plot path given
+
+
+def test_length_table_pools_counts(rp):
+    recs = [_rec("ce", 0, 0.8, by_len={"0": [3, 4], "1": [1, 2]}),
+            _rec("ce", 1, 0.8, by_len={"0": [4, 4], "1": [0, 2], "5": [1, 1]})]
+    text = "\n".join(rp.length_table(recs))
+    assert "| 1-5 | 4 | 87.5 |" in text and "| 6-10 | 2 | 25.0 |" in text
+    assert "| 26-30 | 0 | 100.0 |" in text  # the bin only seed 1 has (1 sentence, pooled/runs)
+
+
+def test_lowres_plot_and_ablation_section(rp, tmp_path):
+    recs = _synthetic(rp)
+    png = tmp_path / "fig.png"
+    assert rp.lowres_plot(recs, png) and png.stat().st_size > 0
+    assert not rp.lowres_plot([r for r in recs if "@" not in r["loss"]], tmp_path / "none.png")
+    old = ("# MoM paper comparison on CoNLL-2003 (our runs)\n\n- Scale: 3 epochs, MoM "
+           'mom_norm="valid"\n\n| CE | 3 | 85.96 ± 0.22 |\n\n## Compared with the paper\n\nold.\n')
+    page = rp.make_table(recs, {}, {"mom_norm": "paper", "commands": ["c"]}, old_doc=old)
+    assert page.count(rp.ABLATION) == 1 and "| CE | 3 | 85.96 ± 0.22 |" in page
+    assert "### Compared with the paper" in page and page.count("## Compared with the paper") == 2
+    # the next page keeps the section once, unchanged
+    again = rp.make_table(recs, {}, {"mom_norm": "paper", "commands": ["c"]}, old_doc=page)
+    assert again == page
+    # a page without a valid-norm table has nothing to keep
+    assert rp.ablation_section(page.split(rp.ABLATION)[0], "paper") == ""
+    assert rp.ablation_section(old, "valid") == ""
+
+
+def test_training_subset_per_seed(tn):
+    sents = [([f"w{i}"], ["O"]) for i in range(200)]
+    a = tn.train_subset(sents, 0, 0.1, subset_seed=0)
+    assert len(a) == 20 and a == tn.train_subset(sents, 0, 0.1, subset_seed=0)
+    assert a != tn.train_subset(sents, 0, 0.1, subset_seed=1)
+    # nested across fractions for a seed; fractions of --max-train when given
+    assert tn.train_subset(sents, 0, 1 / 3, subset_seed=0)[:20] == a
+    assert len(tn.train_subset(sents, 50, 0.1, subset_seed=0)) == 5
+    # --max-train alone: the subset of earlier versions (seed 1234)
+    import random
+    assert tn.train_subset(sents, 30) == random.Random(1234).sample(sents, 30)
+    with pytest.raises(ValueError, match="train-fraction"):
+        tn.train_subset(sents, 0, 1.5)
+
+
+def test_reproduce_paper_parts_end_to_end(tn, rp, tmp_path):
+    """Every new kind of run, tiny: the clipping control, the long schedule and
+    the low-resource curve, in pieces with --resume, a budget, and the page."""
+    out, doc = tmp_path / "paper", tmp_path / "paper.md"
+    common = ["--data", str(ROOT / "examples" / "data" / "wnut17"), "--model", "tiny",
+              "--epochs", "1", "--max-train", "40", "--max-eval", "20", "--batch-size", "16",
+              "--threads", "1", "--out", str(out), "--doc", str(doc), "--quiet"]
+    first = rp.main(common + ["--parts", "main,clip,long", "--losses", "ce,mom", "--seeds", "0",
+                              "--long-epochs", "2", "--long-fraction", "1/2"])
+    assert sorted(r["loss"] for r in first) == sorted(
+        ["ce", "mom", "ce-noclip", "mom-noclip", "ce@2ep-1/2", "mom@2ep-1/2"])
+    by = {r["loss"]: r for r in first}
+    assert by["ce-noclip"]["max_grad_norm"] == 0 and by["ce-noclip"]["clipped_fraction"] == 0
+    assert by["ce"]["max_grad_norm"] == 1.0 and by["ce-noclip"]["grad_norm_median"] > 0
+    assert (by["mom@2ep-1/2"]["epochs"], by["mom@2ep-1/2"]["n_train"]) == (2, 20)
+    assert by["mom@2ep-1/2"]["setting"] == "2ep-1/2" and by["mom@2ep-1/2"]["part"] == "long"
+    assert by["mom-noclip"]["mom_norm"] == "paper" and by["mom-noclip"]["base_loss"] == "mom"
+    assert by["ce@2ep-1/2"]["train_subset_digest"] == by["mom@2ep-1/2"]["train_subset_digest"]
+    second = rp.main(common + ["--parts", "lowres", "--lowres-losses", "ce,mom", "--seeds", "0,1",
+                               "--fractions", "1/4,1/2", "--resume"])
+    low = [r for r in second if r.get("part") == "lowres"]
+    assert len(second) == 6 + 8 and len(low) == 8
+    dig = {(r["loss"], r["seed"]): r["train_subset_digest"] for r in low}
+    for f in ("1/4", "1/2"):  # one subset per seed, shared by the losses
+        assert dig[(f"ce@frac-{f}", 0)] == dig[(f"mom@frac-{f}", 0)]
+        assert dig[(f"ce@frac-{f}", 1)] == dig[(f"mom@frac-{f}", 1)]
+        assert dig[(f"ce@frac-{f}", 0)] != dig[(f"ce@frac-{f}", 1)]
+    assert {r["n_train"] for r in low if r["fraction_label"] == "1/4"} == {10}
+    assert {r["subset_seed"] for r in low} == {0, 1}
+    # budget: a new seed does not fit a budget that is already spent
+    third = rp.main(common + ["--parts", "clip", "--seeds", "0,2", "--resume",
+                              "--budget-minutes", "0.00001"])
+    assert len(third) == len(second)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["budget_hit"] and meta["parts"] == ["main", "clip", "long", "lowres"]
+    rp.main(["--out", str(out), "--doc", str(doc), "--table-only"])
+    page = doc.read_text()
+    assert "Missing" not in page and "budget reached" in page
+    for s in ("## Table 5", "## Table 7", "## Gradient clipping control", "| off |",
+              "2 epochs on 1/2 of the training set", "| 1/4 | 10 | CE | 2 |",
+              "![Figure 2](paper_figure2.png)"):
+        assert s in page, s
+    assert (tmp_path / "paper_figure2.png").stat().st_size > 0
