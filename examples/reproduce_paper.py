@@ -483,8 +483,7 @@ def make_table(records, tuning, meta, old_doc: str = "", plot_path=None) -> str:
     """The whole page (every view) from ``records``."""
     rows = [r for r in records if r.get("test")]
     main_rows = [r for r in rows if part_of(r) == "main"]
-    clip_rows = [r for r in rows if part_of(r) in ("main", "clip")
-                 and base_of(r) in split_list(meta.get("clip_losses", "ce,mom"))]
+    clip_rows = [r for r in rows if part_of(r) in ("main", "clip")]
     long_rows = [r for r in rows if part_of(r) == "long"]
     lines = ["# MoM paper comparison on CoNLL-2003 (our runs)\n"]
     lines.append(f"- Date: {meta.get('date', '?')}")
@@ -572,12 +571,9 @@ def make_table(records, tuning, meta, old_doc: str = "", plot_path=None) -> str:
                  "threshold.) Steps clipped = the fraction of steps whose gradient norm exceeded "
                  "the threshold; median grad norm = the median over a run's steps, mean over "
                  "seeds.\n")
-    if have["clip"]:
-        lines += clip_table(clip_rows)
-    else:
+    if not have["clip"]:
         lines.append("Missing: no runs of part clip yet (`--parts clip`).\n")
-        if main_rows:
-            lines += clip_table([r for r in main_rows])
+    lines += clip_table(clip_rows)
 
     lines.append("## The paper's schedule: more epochs on a subset\n")
     if long_rows:
@@ -768,6 +764,11 @@ def main(argv=None):
         (the Prepared is only built when a run needs it)."""
         nonlocal budget_hit
         name = run_name(base, part, args.mom_norm, epochs=epochs, frac_tok=frac_tok)
+        clash = [r for r in records if r["loss"] == name and norm_of(r) != norm_of(
+            {"loss": name, "base_loss": base, "mom_norm": args.mom_norm})]
+        if clash:  # e.g. "mom" records of a folder made before --mom-norm paper
+            raise SystemExit(f"{out}: the runs named {name!r} there used mom_norm="
+                             f"{norm_of(clash[0])!r}, not {args.mom_norm!r}; use another --out")
         if any(r["loss"] == name and r["seed"] == seed for r in records):
             return
         c = cfg_ or cfg

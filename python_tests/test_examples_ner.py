@@ -579,3 +579,20 @@ def test_reproduce_paper_parts_end_to_end(tn, rp, tmp_path):
               "![Figure 2](paper_figure2.png)"):
         assert s in page, s
     assert (tmp_path / "paper_figure2.png").stat().st_size > 0
+
+
+def test_reproduce_paper_refuses_to_mix_normalisations_under_one_name(rp, tmp_path):
+    """A folder whose "mom" runs used mom_norm="valid" (before the paper
+    normalisation was the default) cannot get paper-normalised "mom" runs."""
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps([_rec("mom", 0, 0.8, norm="valid")]))
+    args = ["--data", str(ROOT / "examples" / "data" / "wnut17"), "--model", "tiny",
+            "--max-train", "16", "--max-eval", "8", "--seeds", "0", "--out", str(out),
+            "--doc", str(tmp_path / "d.md"), "--resume", "--quiet"]
+    with pytest.raises(SystemExit, match="mom_norm='valid', not 'paper'"):
+        rp.main(args + ["--losses", "mom"])
+    # under its own name the valid-norm ablation is another run ("mom-valid")
+    recs = rp.main(args + ["--losses", "mom", "--mom-norm", "valid", "--epochs", "1"])
+    assert sorted(r["loss"] for r in recs) == ["mom", "mom-valid"]
+    assert "valid norm; ablation" in (tmp_path / "d.md").read_text()
