@@ -5,7 +5,7 @@ softmax cross-entropy, as torch custom operators (C++/CUDA) and Triton kernels.
     loss = momkernels.mom_cross_entropy(logits, labels, lam=0.175, o_index=o_id)
     loss = momkernels.cross_entropy(logits, labels)   # == F.cross_entropy
 
-See SPEC.md for the exact loss and README.md for backends and numbers.
+See docs/spec.md for the exact loss and README.md for backends and numbers.
 """
 
 from .functional import (

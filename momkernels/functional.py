@@ -46,7 +46,7 @@ class BackendUnavailableError(RuntimeError):
 def _torch_loss(x, t, weight, lam, o_index, ignore_index, loss, gamma, dice_alpha, dice_smooth,
                 label_smoothing, reduction, mom_norm):
     if x.device.type == "cpu" and not torch.compiler.is_compiling():
-        # SPEC: on CPU an out-of-range target is an IndexError, as in PyTorch
+        # docs/spec.md: on CPU an out-of-range target is an IndexError, as in PyTorch
         # (gather would raise a RuntimeError).  Reading CPU targets is no sync.
         check_target_range(t, x.shape[-1], ignore_index)
     return reference.mom_cross_entropy(
@@ -281,7 +281,7 @@ def mom_cross_entropy(
 
     ``lam * L + (1 - lam) * L_MoM``, where ``L_MoM`` is the same per-token loss
     summed over tokens whose gold label is ``o_index`` (the majority class,
-    ``O`` in NER).  See SPEC.md for the exact formula of every option.
+    ``O`` in NER).  See docs/spec.md for the exact formula of every option.
 
     Args:
         input: logits ``(N, C)``, ``(C,)`` or ``(N, C, d1, ...)``, float16,

@@ -1,6 +1,6 @@
-"""The PyTorch reference of SPEC.md: readable, differentiable, compile-friendly.
+"""The PyTorch reference of docs/spec.md: readable, differentiable, compile-friendly.
 
-It is the oracle of every test and the ``"torch"`` backend.  It follows SPEC.md
+It is the oracle of every test and the ``"torch"`` backend.  It follows docs/spec.md
 line by line and does no argument checking of its own (``functional.py`` does
 that once for every backend).
 
@@ -29,7 +29,7 @@ __all__ = ["mom_cross_entropy", "cross_entropy", "per_row_loss", "as_rows", "val
 
 
 def as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """View logits of any SPEC shape as (rows, C) and targets as (rows,).
+    """View logits of any docs/spec.md shape as (rows, C) and targets as (rows,).
 
     ``(C,)`` with a 0-dim target is one row; ``(N, C, d1, ...)`` moves the class
     dimension last (a copy only when that layout is not already a view).
@@ -97,7 +97,7 @@ def per_row_loss(
     # Ignored rows are computed on zero logits: a NaN or +inf logit in an
     # ignored row would otherwise come back as a NaN gradient through
     # log_softmax's backward (g - exp(out) * sum(g) with g = 0, out = NaN),
-    # where SPEC.md gives ignored rows an exactly zero gradient.
+    # where docs/spec.md gives ignored rows an exactly zero gradient.
     x = torch.where(valid.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
     logp = torch.log_softmax(x, dim=-1)
     # Ignored rows use lp = 0 (p = 1): their loss is masked to 0 below, and this
@@ -149,7 +149,7 @@ def mom_cross_entropy(
     mom_norm: str = "valid",
     compute_dtype: Optional[torch.dtype] = None,
 ) -> Tensor:
-    """SPEC.md's MoM loss, written for clarity.
+    """docs/spec.md's MoM loss, written for clarity.
 
     ``compute_dtype`` overrides the math dtype (float32, or float64 for float64
     input); tests pass ``torch.float64`` to get an oracle more precise than any

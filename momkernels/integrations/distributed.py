@@ -15,7 +15,7 @@ so that DDP's gradient average gives (1/R) * sum_r grad(S_r) * R / D =
 grad(S) / D -- exactly the single-process gradient of the mean loss over the
 concatenated global batch.  D is the number of valid tokens (``target !=
 ignore_index``), or sum_i w_{y_i} when class weights are given (PyTorch's
-weighted-mean denominator, see SPEC.md), summed over ranks with one
+weighted-mean denominator, see docs/spec.md), summed over ranks with one
 ``all_reduce`` of a detached local count.  (For ``mom_norm="valid"`` the MoM
 mean is sum-reduction / D, so this is the same formula for every ``loss=``.)
 

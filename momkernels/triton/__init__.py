@@ -12,12 +12,12 @@ this module is imported -- slow, ~3 ms per program instance, for tests).
 
 Files: ``kernels.py`` (the ``@triton.jit`` kernels, their math and the
 block-size table), ``ops.py`` (the ``torch.library.triton_op`` operators and
-their autograd).  Every SPEC.md option is supported: ce / focal / dice,
+their autograd).  Every docs/spec.md option is supported: ce / focal / dice,
 class weights, label smoothing, ignore_index, o_index, lam, reduction
 none / sum / mean, mom_norm valid / rows, float16 / bfloat16 / float32
 logits with any strides, int32 / int64 targets.
 
-float64 logits: the kernels compute in float32, which SPEC.md does not allow
+float64 logits: the kernels compute in float32, which docs/spec.md does not allow
 for float64 input, so ``mom_loss`` hands float64 to the ``"cpp"`` backend
 (or the ``"torch"`` reference when the extension is not built).  The result
 is correct; it just is not a Triton kernel.

@@ -1,4 +1,4 @@
-"""Triton kernels of the MoM loss family (SPEC.md): forward, backward, reduction.
+"""Triton kernels of the MoM loss family (docs/spec.md): forward, backward, reduction.
 
 The per-row math is a port of ``csrc/mom_loss.h`` (``row_loss``,
 ``log_normaliser``, ``reduce_loss``); read that header for the derivations.
