@@ -22,14 +22,16 @@ using torch::autograd::variable_list;
 
 using FwdFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, int64_t,
-    int64_t, c10::string_view, double, double, double, double, c10::string_view, c10::string_view);
+    int64_t, c10::string_view, double, double, double, double, c10::string_view, c10::string_view,
+    const c10::Scalar&);
 using BwdFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                          const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
                          int64_t, int64_t, c10::string_view, double, double, double, double);
 
 using FusedFwdFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, int64_t,
-    int64_t, c10::string_view, double, double, double, double, c10::string_view, c10::string_view);
+    int64_t, c10::string_view, double, double, double, double, c10::string_view, c10::string_view,
+    const c10::Scalar&);
 using FusedBwdFn = void(at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                         int64_t, int64_t);
 
@@ -58,8 +60,15 @@ bool use_fused(const at::Tensor& input) {
     const char* env = std::getenv("MOMKERNELS_FUSED");
     return env == nullptr || std::string(env) != "0";
   }();
-  return enabled && input.device().is_cpu() && input.dim() == 2 && input.size(1) <= 64 &&
-         at::isFloatingType(input.scalar_type());
+  // sym_size, not size: under torch.compile size() would materialise the
+  // symbolic row count and specialise the graph on N (one graph per batch
+  // shape); a symbolic C (never a NER head) just takes the unfused path
+  if (!(enabled && input.device().is_cpu() && input.dim() == 2 &&
+        at::isFloatingType(input.scalar_type()))) {
+    return false;
+  }
+  const std::optional<int64_t> C = input.sym_size(1).maybe_as_int();
+  return C.has_value() && *C <= 64;
 }
 
 const c10::TypedOperatorHandle<FwdFn>& fwd_op() {
@@ -113,14 +122,16 @@ class MoMLoss : public torch::autograd::Function<MoMLoss> {
                                double lam, int64_t o_index, int64_t ignore_index,
                                const std::string& loss, double gamma, double dice_alpha,
                                double dice_smooth, double label_smoothing,
-                               const std::string& reduction, const std::string& mom_norm) {
+                               const std::string& reduction, const std::string& mom_norm,
+                               const c10::Scalar& mom_denom) {
     at::AutoDispatchBelowADInplaceOrView guard;
     at::Tensor out, stats, coef;
     if (use_fused(input)) {
       at::Tensor grad_fused, gscale;
       std::tie(out, stats, coef, grad_fused, gscale) =
           fused_fwd_op().call(input, target, weight, lam, o_index, ignore_index, loss, gamma,
-                              dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm);
+                              dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm,
+                              mom_denom);
       // kept in saved_data, not save_for_backward: the backward scales it in
       // place and hands it on as the gradient (so no version check), then
       // drops it; a second backward (retain_graph) recomputes from the logits
@@ -130,10 +141,12 @@ class MoMLoss : public torch::autograd::Function<MoMLoss> {
       ctx->saved_data["lam"] = lam;
       ctx->saved_data["reduction"] = reduction;
       ctx->saved_data["mom_norm"] = mom_norm;
+      ctx->saved_data["mom_denom"] = mom_denom;
     } else {
       std::tie(out, stats, coef) =
           fwd_op().call(input, target, weight, lam, o_index, ignore_index, loss, gamma,
-                        dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm);
+                        dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm,
+                        mom_denom);
     }
     // The logits are saved as they are (no copy): the backward recomputes the
     // softmax from them and the per-row (max, log-normaliser) stats.
@@ -154,7 +167,7 @@ class MoMLoss : public torch::autograd::Function<MoMLoss> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& input = saved[0];
-    variable_list result(13);
+    variable_list result(14);
     if (!grads[0].defined() || !ctx->needs_input_grad(0)) return result;
     std::optional<at::Tensor> weight;
     if (saved[2].defined()) weight = saved[2];
@@ -186,7 +199,7 @@ class MoMLoss : public torch::autograd::Function<MoMLoss> {
             d.at("ignore_index").toInt(), d.at("loss").toStringRef(), d.at("gamma").toDouble(),
             d.at("dice_alpha").toDouble(), d.at("dice_smooth").toDouble(),
             d.at("label_smoothing").toDouble(), d.at("reduction").toStringRef(),
-            d.at("mom_norm").toStringRef()));
+            d.at("mom_norm").toStringRef(), d.at("mom_denom").toScalar()));
       }
       if (g.defined()) {
         if (!unit) {
@@ -210,17 +223,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_autograd(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     double lam, int64_t o_index, int64_t ignore_index, c10::string_view loss, double gamma,
     double dice_alpha, double dice_smooth, double label_smoothing, c10::string_view reduction,
-    c10::string_view mom_norm) {
+    c10::string_view mom_norm, const c10::Scalar& mom_denom) {
   if (!(at::GradMode::is_enabled() && input.requires_grad())) {
     // no graph to record (eval, no_grad, frozen logits): the plain forward,
     // without the fused path's gradient
     at::AutoDispatchBelowADInplaceOrView guard;
     return fwd_op().call(input, target, weight, lam, o_index, ignore_index, loss, gamma,
-                         dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm);
+                         dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm,
+                         mom_denom);
   }
   auto r = MoMLoss::apply(input, target, weight, lam, o_index, ignore_index, std::string(loss),
                           gamma, dice_alpha, dice_smooth, label_smoothing, std::string(reduction),
-                          std::string(mom_norm));
+                          std::string(mom_norm), mom_denom);
   return {r[0], r[1], r[2]};
 }
 

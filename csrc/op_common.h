@@ -10,6 +10,7 @@
 #include <c10/util/string_view.h>
 
 #include <initializer_list>
+#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -31,10 +32,24 @@ inline Reduction parse_reduction(c10::string_view s) {
   TORCH_CHECK_VALUE(false, "momkernels: reduction must be 'mean', 'sum' or 'none'; got '", s, "'");
 }
 
-inline MoMNorm parse_mom_norm(c10::string_view s) {
+// The MoM term's denominator under reduction 'mean' (docs/spec.md): 'valid'
+// = D (the CE term's), 'rows' = N rows (padding included), 'fixed' = the
+// caller's mom_denom > 0 (the paper's sentences x M with dynamic padding).
+// 'rows' and 'fixed' are one mode for the kernels: a denominator known before
+// they run, returned in d_mom.
+inline MoMNorm parse_mom_norm(c10::string_view s, double mom_denom, int64_t rows, double& d_mom) {
+  d_mom = double(rows);
   if (s == "valid") return MoMNorm::VALID;
   if (s == "rows") return MoMNorm::ROWS;
-  TORCH_CHECK_VALUE(false, "momkernels: mom_norm must be 'valid' or 'rows'; got '", s, "'");
+  if (s == "fixed") {
+    TORCH_CHECK_VALUE(mom_denom > 0 && mom_denom < std::numeric_limits<double>::infinity(),
+                      "momkernels: mom_norm='fixed' needs a positive finite mom_denom; got ",
+                      mom_denom);
+    d_mom = mom_denom;
+    return MoMNorm::ROWS;
+  }
+  TORCH_CHECK_VALUE(false, "momkernels: mom_norm must be 'valid', 'rows' or 'fixed'; got '", s,
+                    "'");
 }
 
 inline LossOptions make_options(c10::string_view loss, double gamma, double dice_alpha,

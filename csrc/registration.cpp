@@ -29,13 +29,19 @@ static std::string build_info() {
 }
 
 TORCH_LIBRARY(momkernels, m) {
+  // mom_norm is 'valid', 'rows' or 'fixed' (then the MoM denominator of a
+  // mean is mom_denom > 0; see op_common.h's parse_mom_norm).  mom_denom is a
+  // Scalar, not a float: under torch.compile a float argument is specialised
+  // (one graph per value, and the paper's sentences x M changes with the
+  // batch) while a Scalar stays symbolic.
   // Forward: (loss, stats, coef).  loss is (N,) for reduction 'none', else
   // 0-dim, in input's dtype; stats (N, 2) = per-row (max, log normaliser) and
   // coef (2,) = reduction coefficients (a, b), in the math dtype, for backward.
   m.def(
       "mom_loss_fwd(Tensor input, Tensor target, Tensor? weight, float lam, int o_index, "
       "int ignore_index, str loss, float gamma, float dice_alpha, float dice_smooth, "
-      "float label_smoothing, str reduction, str mom_norm) -> (Tensor, Tensor, Tensor)");
+      "float label_smoothing, str reduction, str mom_norm, Scalar mom_denom=0) -> "
+      "(Tensor, Tensor, Tensor)");
   // Backward: d loss / d input, (N, C) contiguous, input's dtype.  grad is the
   // upstream gradient of loss (0-dim, or (N,) for reduction 'none').
   m.def(
@@ -51,8 +57,8 @@ TORCH_LIBRARY(momkernels, m) {
   m.def(
       "mom_loss_fwd_fused(Tensor input, Tensor target, Tensor? weight, float lam, int o_index, "
       "int ignore_index, str loss, float gamma, float dice_alpha, float dice_smooth, "
-      "float label_smoothing, str reduction, str mom_norm) -> (Tensor, Tensor, Tensor, Tensor, "
-      "Tensor)");
+      "float label_smoothing, str reduction, str mom_norm, Scalar mom_denom=0) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
   // In place: grad_fused *= upstream * g (see above).
   m.def(
       "mom_loss_bwd_fused_(Tensor(a!) grad_fused, Tensor grad, Tensor target, Tensor gscale, "

@@ -12,8 +12,10 @@ make no host synchronisation and compile with ``fullgraph=True``.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -148,6 +150,25 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
 # ----------------------------------------------------------------- checks
 
 
+def _check_mom_norm(mom_norm) -> None:
+    """"valid", "rows", or a positive finite number (int or float, not bool;
+    a SymInt / SymFloat under torch.compile)."""
+    if isinstance(mom_norm, str):
+        if mom_norm not in MOM_NORMS:
+            raise ValueError(f"mom_norm must be one of {MOM_NORMS} or a positive number; "
+                             f"got {mom_norm!r}")
+        return
+    if isinstance(mom_norm, bool):
+        raise ValueError(f"mom_norm must be one of {MOM_NORMS} or a positive number, not a "
+                         f"bool; got {mom_norm!r}")
+    if not isinstance(mom_norm, (numbers.Real, torch.SymInt, torch.SymFloat)):
+        raise TypeError(f"mom_norm must be one of {MOM_NORMS} or a positive number; got "
+                        f"{type(mom_norm).__name__} {mom_norm!r}")
+    if not 0 < mom_norm < math.inf:  # also rejects NaN
+        raise ValueError(f"mom_norm must be a positive finite number when it is a number; "
+                         f"got {mom_norm!r}")
+
+
 def _check_options(lam, o_index, ignore_index, loss, gamma, dice_alpha, dice_smooth,
                    label_smoothing, reduction, mom_norm, backend) -> None:
     """Checks of the scalar arguments (shared by the functions and the modules)."""
@@ -166,8 +187,7 @@ def _check_options(lam, o_index, ignore_index, loss, gamma, dice_alpha, dice_smo
         raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
-    if mom_norm not in MOM_NORMS:
-        raise ValueError(f"mom_norm must be one of {MOM_NORMS}; got {mom_norm!r}")
+    _check_mom_norm(mom_norm)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     if not gamma >= 0:
@@ -273,7 +293,7 @@ def mom_cross_entropy(
     dice_smooth: float = 0.01,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
-    mom_norm: str = "valid",
+    mom_norm: Union[str, float] = "valid",
     backend: str = "auto",
     check_targets: bool = False,
 ) -> Tensor:
@@ -295,9 +315,12 @@ def mom_cross_entropy(
             (``dice_alpha``, ``dice_smooth``).
         label_smoothing: as in ``F.cross_entropy`` (``loss="ce"`` only).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        mom_norm: denominator of the MoM term under ``"mean"``: ``"valid"``
-            (weighted valid tokens, as the first term) or ``"rows"`` (all rows,
-            the paper's 1/M per padded sentence).
+        mom_norm: denominator D_MoM of the MoM term under ``"mean"``:
+            ``"valid"`` (weighted valid tokens, as the first term), ``"rows"``
+            (all rows, ignored ones included), or a positive number used as
+            it is.  The paper divides by sentences x M with M its fixed padded
+            length (128): with dynamically padded batches pass
+            ``mom_norm=labels.shape[0] * 128`` (docs/spec.md).
         backend: ``"auto"``, ``"cpp"``, ``"triton"`` or ``"torch"``.
         check_targets: raise IndexError for out-of-range targets before any
             kernel runs (reads the targets: a host sync). ``MOMKERNELS_CHECK=1``

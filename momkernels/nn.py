@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -16,12 +16,16 @@ class MoMLoss(nn.Module):
     """The MoM loss as a module; arguments as :func:`momkernels.mom_cross_entropy`.
 
     ``weight`` is a buffer, so it follows ``.to(device)`` with the model.
+    ``forward(input, target, mom_norm=...)`` overrides ``mom_norm`` for one
+    call: the paper's normalisation with dynamically padded batches changes
+    with the batch (``mom_norm=labels.shape[0] * 128``, docs/spec.md).
     """
 
     def __init__(self, lam: float = 0.5, *, o_index: int = 0, ignore_index: int = -100,
                  weight: Optional[Tensor] = None, loss: str = "ce", gamma: float = 2.0,
                  dice_alpha: float = 1.0, dice_smooth: float = 0.01,
-                 label_smoothing: float = 0.0, reduction: str = "mean", mom_norm: str = "valid",
+                 label_smoothing: float = 0.0, reduction: str = "mean",
+                 mom_norm: Union[str, float] = "valid",
                  backend: str = "auto", check_targets: bool = False) -> None:
         super().__init__()
         _check_options(lam, o_index, ignore_index, loss, gamma, dice_alpha, dice_smooth,
@@ -40,12 +44,14 @@ class MoMLoss(nn.Module):
         self.backend = backend
         self.check_targets = check_targets
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, *,
+                mom_norm: Union[str, float, None] = None) -> Tensor:
         return mom_cross_entropy(
             input, target, self.lam, o_index=self.o_index, ignore_index=self.ignore_index,
             weight=self.weight, loss=self.loss, gamma=self.gamma, dice_alpha=self.dice_alpha,
             dice_smooth=self.dice_smooth, label_smoothing=self.label_smoothing,
-            reduction=self.reduction, mom_norm=self.mom_norm, backend=self.backend,
+            reduction=self.reduction, mom_norm=self.mom_norm if mom_norm is None else mom_norm,
+            backend=self.backend,
             check_targets=self.check_targets)
 
     def extra_repr(self) -> str:

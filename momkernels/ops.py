@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .reference import _math_dtype
+from .reference import _math_dtype, mom_norm_args
 
 REBUILD_HINT = (
     "rebuild it against the installed torch with\n"
@@ -67,7 +67,8 @@ if _load_error is None:
 
     @torch.library.register_fake("momkernels::mom_loss_fwd")
     def _mom_loss_fwd_fake(input, target, weight, lam, o_index, ignore_index, loss, gamma,
-                           dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm):
+                           dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm,
+                           mom_denom=0.0):
         torch._check(input.dim() == 2, lambda: "momkernels: input must be (N, C)")
         torch._check(target.dim() == 1, lambda: "momkernels: target must be (N,)")
         torch._check(target.shape[0] == input.shape[0], lambda: "momkernels: N mismatch")
@@ -78,7 +79,8 @@ if _load_error is None:
 
     @torch.library.register_fake("momkernels::mom_loss_fwd_fused")
     def _mom_loss_fwd_fused_fake(input, target, weight, lam, o_index, ignore_index, loss, gamma,
-                                 dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm):
+                                 dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm,
+                                 mom_denom=0.0):
         out, stats, coef = _mom_loss_fwd_fake(input, target, weight, lam, o_index, ignore_index,
                                               loss, gamma, dice_alpha, dice_smooth,
                                               label_smoothing, reduction, mom_norm)
@@ -97,9 +99,10 @@ if _load_error is None:
 
 def mom_loss(input: Tensor, target: Tensor, weight: Optional[Tensor], lam: float, o_index: int,
              ignore_index: int, loss: str, gamma: float, dice_alpha: float, dice_smooth: float,
-             label_smoothing: float, reduction: str, mom_norm: str) -> Tensor:
+             label_smoothing: float, reduction: str, mom_norm) -> Tensor:
     """The loss of (N, C) logits via the compiled operator (validated arguments)."""
+    norm, denom = mom_norm_args(mom_norm)
     out, _, _ = torch.ops.momkernels.mom_loss_fwd(
         input, target, weight, float(lam), int(o_index), int(ignore_index), loss, float(gamma),
-        float(dice_alpha), float(dice_smooth), float(label_smoothing), reduction, mom_norm)
+        float(dice_alpha), float(dice_smooth), float(label_smoothing), reduction, norm, denom)
     return out

@@ -58,6 +58,17 @@ def valid_rows(target: Tensor, ignore_index: int) -> Tensor:
     return target != ignore_index
 
 
+def mom_norm_args(mom_norm) -> tuple:
+    """The operators' form of a validated ``mom_norm``: ("valid" | "rows", 0)
+    for the names, ("fixed", number) for a number (docs/spec.md).  The number
+    is passed on as it is (the ops take a Scalar): under torch.compile a
+    SymInt such as ``labels.shape[0] * 128`` stays symbolic, so a new batch
+    size does not compile a new graph."""
+    if isinstance(mom_norm, str):
+        return mom_norm, 0
+    return "fixed", mom_norm
+
+
 def _math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -146,7 +157,7 @@ def mom_cross_entropy(
     dice_smooth: float = 0.01,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
-    mom_norm: str = "valid",
+    mom_norm="valid",
     compute_dtype: Optional[torch.dtype] = None,
 ) -> Tensor:
     """docs/spec.md's MoM loss, written for clarity.
@@ -193,8 +204,10 @@ def mom_cross_entropy(
             d_mom = denom
         elif mom_norm == "rows":
             d_mom = torch.full_like(denom, float(t.numel()))
+        elif not isinstance(mom_norm, str):  # a number: the caller's D_MoM
+            d_mom = torch.full_like(denom, float(mom_norm))
         else:
-            raise ValueError(f"mom_norm must be 'valid' or 'rows'; got {mom_norm!r}")
+            raise ValueError(f"mom_norm must be 'valid', 'rows' or a number; got {mom_norm!r}")
         terms = []
         if lam != 0:
             terms.append(lam * s_valid / denom)

@@ -62,6 +62,7 @@ def _cases(device: str, backend: str):
         dict(loss="ce", weight=True, label_smoothing=0.1),
         dict(loss="focal", gamma=2.0),
         dict(loss="dice", dice_alpha=1.0, mom_norm="rows"),
+        dict(loss="focal", gamma=1.5, mom_norm=700.0),  # a number: the paper's sentences x M
     ]
     for dtype, (n, c), opt, red, lam in itertools.product(
             dtypes, shapes, options, ("mean", "sum", "none"), (0.175, 1.0)):

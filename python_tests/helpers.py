@@ -113,7 +113,7 @@ def grad_tol(dtype: torch.dtype, scale: float) -> tuple[float, float]:
 
 def coefficient_scale(t: torch.Tensor, *, lam: float = 0.5, o_index: int = 0,
                       ignore_index: int = -100, weight: Optional[torch.Tensor] = None,
-                      reduction: str = "mean", mom_norm: str = "valid",
+                      reduction: str = "mean", mom_norm="valid",
                       upstream: Optional[torch.Tensor] = None, **_) -> float:
     """Largest factor d(result)/d(l_i) * max_c w_c over the rows: the scale of
     the gradient entries *before* any cancellation or saturation (|d l_i / d x|
@@ -133,7 +133,8 @@ def coefficient_scale(t: torch.Tensor, *, lam: float = 0.5, o_index: int = 0,
             c = c * upstream.detach().double().reshape(-1).abs()
     elif reduction == "mean":
         D = float(w_y.sum())
-        D_mom = D if mom_norm == "valid" else float(t.numel())
+        D_mom = (D if mom_norm == "valid" else float(t.numel()) if mom_norm == "rows"
+                 else float(mom_norm))
         c = (lam / D) + (1 - lam) * is_o.double() / D_mom if D > 0 else c * 0
     c = torch.where(valid, c, torch.zeros_like(c))
     return float(c.abs().max()) * float(w.abs().max())

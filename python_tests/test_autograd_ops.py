@@ -3,12 +3,14 @@ under ``torch.library.opcheck``, and ``torch.compile(fullgraph=True)``."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
 import torch
 
 import momkernels
+from momkernels import reference
 from helpers import BACKENDS, HAS_CPP, make_logits, make_targets, make_weight
 
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="momkernels._C (backend 'cpp') not built")
@@ -94,6 +96,9 @@ def _fwd_samples():
         (torch.bfloat16, "mean", True, "dice", 0.0, "rows"),
         (torch.float16, "none", False, "ce", 0.2, "valid"),
         (torch.float64, "mean", False, "focal", 0.0, "rows"),
+        # a number as mom_norm: 'fixed' with the Scalar denominator (int and float)
+        (torch.float32, "mean", True, "ce", 0.1, 40),
+        (torch.bfloat16, "mean", False, "focal", 0.0, 12.5),
     ]:
         N, C = 11, 7
         x = (torch.randn(N, C, generator=g) * 2).to(dtype).requires_grad_(True)
@@ -101,20 +106,21 @@ def _fwd_samples():
         t[::4] = -100
         t[1::3] = 0
         w = (torch.rand(C, generator=g) + 0.5).to(dtype) if use_w else None
-        out.append((x, t, w, 0.175, 0, -100, loss, 2.0, 1.0, 0.01, ls, red, norm))
+        out.append((x, t, w, 0.175, 0, -100, loss, 2.0, 1.0, 0.01, ls, red,
+                    *reference.mom_norm_args(norm)))
     # int32 targets and an empty batch
     x = torch.randn(5, 3, dtype=torch.float32, requires_grad=True)
     out.append((x, torch.tensor([0, 1, 2, -1, 0], dtype=torch.int32), None, 0.5, 0, -1, "ce",
-                2.0, 1.0, 0.01, 0.0, "sum", "valid"))
+                2.0, 1.0, 0.01, 0.0, "sum", "valid", 0))
     x = torch.randn(0, 3, dtype=torch.float32, requires_grad=True)
     out.append((x, torch.empty(0, dtype=torch.int64), None, 0.5, 0, -100, "ce", 2.0, 1.0, 0.01,
-                0.0, "sum", "valid"))
+                0.0, "sum", "valid", 0))
     return out
 
 
 @needs_cpp
 @pytest.mark.parametrize("args", _fwd_samples(),
-                         ids=lambda a: f"{str(a[0].dtype)[6:]}-{a[11]}-{a[6]}-"
+                         ids=lambda a: f"{str(a[0].dtype)[6:]}-{a[11]}-{a[12]}{a[13] or ''}-{a[6]}-"
                                        f"{'w' if a[2] is not None else 'now'}-N{a[0].shape[0]}")
 def test_opcheck_forward(args):
     torch.library.opcheck(torch.ops.momkernels.mom_loss_fwd.default, args)
@@ -122,13 +128,13 @@ def test_opcheck_forward(args):
 
 @needs_cpp
 @pytest.mark.parametrize("args", _fwd_samples(),
-                         ids=lambda a: f"{str(a[0].dtype)[6:]}-{a[11]}-{a[6]}-"
+                         ids=lambda a: f"{str(a[0].dtype)[6:]}-{a[11]}-{a[12]}{a[13] or ''}-{a[6]}-"
                                        f"{'w' if a[2] is not None else 'now'}-N{a[0].shape[0]}")
 def test_opcheck_backward(args):
-    (x, t, w, lam, o, ign, loss, gamma, al, de, ls, red, norm) = args
+    (x, t, w, lam, o, ign, loss, gamma, al, de, ls, red, norm, denom) = args
     with torch.no_grad():
         out, stats, coef = torch.ops.momkernels.mom_loss_fwd(x, t, w, lam, o, ign, loss, gamma,
-                                                             al, de, ls, red, norm)
+                                                             al, de, ls, red, norm, denom)
     grad = torch.rand_like(out) + 0.5
     bargs = (grad, x.detach(), t, w, stats, coef, o, ign, loss, gamma, al, de, ls)
     torch.library.opcheck(torch.ops.momkernels.mom_loss_bwd.default, bargs)
@@ -136,7 +142,7 @@ def test_opcheck_backward(args):
     gi = torch.ops.momkernels.mom_loss_bwd(*bargs)
     xx = x.detach().clone().requires_grad_(True)
     o2, _, _ = torch.ops.momkernels.mom_loss_fwd(xx, t, w, lam, o, ign, loss, gamma, al, de,
-                                                 ls, red, norm)
+                                                 ls, red, norm, denom)
     (ga,) = torch.autograd.grad(o2, xx, grad)
     if _fused_path(x):
         # small C, float/double on the CPU: autograd takes the fused pair of
@@ -145,7 +151,7 @@ def test_opcheck_backward(args):
         torch.testing.assert_close(ga, gi, rtol=1e-5, atol=1e-6)
         _, _, _, gf, gscale = torch.ops.momkernels.mom_loss_fwd_fused(x.detach(), t, w, lam, o,
                                                                      ign, loss, gamma, al, de,
-                                                                     ls, red, norm)
+                                                                     ls, red, norm, denom)
         torch.ops.momkernels.mom_loss_bwd_fused_(gf, grad, t, gscale, o, ign)
         assert torch.equal(gf, ga)
     else:
@@ -162,12 +168,12 @@ def _fused_path(x):
 
 @needs_cpp
 @pytest.mark.parametrize("args", _fwd_samples(),
-                         ids=lambda a: f"{str(a[0].dtype)[6:]}-{a[11]}-{a[6]}-"
+                         ids=lambda a: f"{str(a[0].dtype)[6:]}-{a[11]}-{a[12]}{a[13] or ''}-{a[6]}-"
                                        f"{'w' if a[2] is not None else 'now'}-N{a[0].shape[0]}")
 def test_opcheck_fused_ops(args):
     """The fused forward (loss + gradient for a unit upstream gradient) and its
     in-place backward: opcheck, and the gradient equals the two-operator one."""
-    (x, t, w, lam, o, ign, loss, gamma, al, de, ls, red, norm) = args
+    (x, t, w, lam, o, ign, loss, gamma, al, de, ls, red, norm, denom) = args
     x = x.detach()
     torch.library.opcheck(torch.ops.momkernels.mom_loss_fwd_fused.default, (x, *args[1:]),
                           test_utils=("test_schema", "test_faketensor"))
@@ -234,7 +240,7 @@ def test_half_fused_gradient_is_rounded_once(dtype, reduction, use_w, loss):
 
 @needs_cpp
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("mom_norm", ["valid", "rows"])
+@pytest.mark.parametrize("mom_norm", ["valid", "rows", 3])
 @pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
 def test_retain_graph_second_backward_is_bitwise_equal(reduction, mom_norm, lam):
     """The fused path hands its gradient buffer on after the first backward;
@@ -294,6 +300,9 @@ def test_op_rejects_bad_direct_calls():
         op(x, t, None, 0.5, 0, -100, "ce", 2.0, 1.0, 0.01, 0.0, "avg", "valid")
     with pytest.raises(ValueError, match="mom_norm"):
         op(x, t, None, 0.5, 0, -100, "ce", 2.0, 1.0, 0.01, 0.0, "mean", "tokens")
+    for bad_denom in (0.0, -3.0, math.inf, math.nan):  # 'fixed' needs a positive finite number
+        with pytest.raises(ValueError, match="mom_denom"):
+            op(x, t, None, 0.5, 0, -100, "ce", 2.0, 1.0, 0.01, 0.0, "mean", "fixed", bad_denom)
     with pytest.raises(ValueError, match="lam"):
         op(x, t, None, 1.5, 0, -100, "ce", 2.0, 1.0, 0.01, 0.0, "mean", "valid")
     with pytest.raises(ValueError, match="label_smoothing"):
@@ -346,3 +355,39 @@ def test_compile_fullgraph_matches_eager(case, gen):
         assert torch.equal(x2c.grad, x2.grad)
     finally:
         torch._dynamo.reset()
+
+
+@needs_cpp
+@pytest.mark.parametrize("mom_norm", ["valid", "paper"])
+def test_compile_does_not_recompile_per_batch_shape(mom_norm):
+    """torch.compile(fullgraph=True) of a training-loop loss whose batch size
+    and padded length change every step (dynamic padding, a short last batch),
+    with the paper's normalisation mom_norm = sentences x 128 (a SymInt under
+    dynamic shapes): one graph for the first shape, one when the length turns
+    dynamic, one when the batch size does -- then no more.  (The C++ autograd
+    kernel once read input.size(1), which specialised every graph on N; a
+    float mom_norm would specialise on each batch size.)"""
+    from torch._dynamo.utils import counters
+
+    C = 9
+    norm = (lambda y: y.shape[0] * 128) if mom_norm == "paper" else (lambda y: "valid")
+
+    def step(logits, labels):
+        return momkernels.mom_cross_entropy(logits.reshape(-1, C), labels.reshape(-1), 0.175,
+                                            mom_norm=norm(labels), backend="cpp")
+
+    torch._dynamo.reset()
+    counters.clear()
+    f = torch.compile(step, fullgraph=True)
+    g = torch.Generator().manual_seed(0)
+    for B, T in [(8, 10), (8, 11), (5, 9), (8, 14), (3, 7), (7, 12)]:
+        x = torch.randn(B, T, C, generator=g, requires_grad=True)
+        y = torch.randint(0, C, (B, T), generator=g)
+        out = f(x, y)
+        (gx,) = torch.autograd.grad(out, x)
+        ref = momkernels.mom_cross_entropy(x.reshape(-1, C), y.reshape(-1), 0.175,
+                                           mom_norm=norm(y), backend="torch")
+        (rx,) = torch.autograd.grad(ref, x)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gx, rx, rtol=1e-5, atol=1e-7)
+    assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])

@@ -184,6 +184,22 @@ def test_mom_loss_module_equals_function(backend, reduction, loss, gen):
     assert "lam=0.3" in repr(module)
 
 
+@pytest.mark.parametrize("backend", backend_params())
+def test_mom_loss_module_mom_norm_number_and_per_call_override(backend, gen):
+    """A number as mom_norm in the module, and forward(..., mom_norm=) for a
+    denominator that changes with the batch (the paper's sentences x M)."""
+    x = make_logits((3, 9, 5), torch.float32, gen=gen)
+    t = make_targets((3, 5), 9, gen=gen, kind="ner", o_index=4)
+    kw = dict(o_index=4, backend=backend)
+    module = momkernels.MoMLoss(0.3, mom_norm=3 * 128, **kw)
+    want = momkernels.mom_cross_entropy(x, t, 0.3, mom_norm=384, **kw)
+    assert torch.equal(module(x, t), want)
+    assert "mom_norm=384" in repr(module)
+    want = momkernels.mom_cross_entropy(x, t, 0.3, mom_norm=2 * 128, **kw)
+    assert torch.equal(module(x, t, mom_norm=256), want)
+    assert not torch.equal(want, module(x, t))  # the override changed the value
+
+
 def test_mom_loss_module_validates_at_construction():
     with pytest.raises(ValueError, match="lam"):
         momkernels.MoMLoss(1.5)

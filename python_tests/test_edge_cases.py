@@ -366,7 +366,8 @@ def test_focal_gamma0_is_ce(backend, reduction, gen):
 def test_mom_is_row_reweighting_of_f_cross_entropy(backend, gen):
     """SPEC.md written out with F.cross_entropy only (independent of reference.py):
     mean + mom_norm="valid" is sum_i c_i w_{y_i} l_i / D with c_i = 1 on O rows
-    and lam elsewhere; mom_norm="rows" divides the O part by N; sum is
+    and lam elsewhere; mom_norm="rows" divides the O part by N, a number K by
+    K; sum is
     sum_i c_i l_i; none is c_i l_i."""
     N, C, o, lam = 57, 9, 4, 0.175
     x = make_logits((N, C), torch.float64, gen=gen).detach()
@@ -383,6 +384,11 @@ def test_mom_is_row_reweighting_of_f_cross_entropy(backend, gen):
     got = momkernels.mom_cross_entropy(x, t, lam, mom_norm="rows", **kw)
     want = lam * ell.sum() / D + (1 - lam) * ell[is_o].sum() / N
     assert_close(got, want, rtol=1e-12, atol=0, name="mean/rows")
+    # a number: the paper's sentences x M (3 sentences padded to M = 128)
+    for K in (3 * 128, 384.0, 0.75):
+        got = momkernels.mom_cross_entropy(x, t, lam, mom_norm=K, **kw)
+        want = lam * ell.sum() / D + (1 - lam) * ell[is_o].sum() / K
+        assert_close(got, want, rtol=1e-12, atol=0, name=f"mean/{K}")
     got = momkernels.mom_cross_entropy(x, t, lam, reduction="sum", **kw)
     assert_close(got, (c * ell).sum(), rtol=1e-12, atol=0, name="sum")
     got = momkernels.mom_cross_entropy(x, t, lam, reduction="none", **kw)

@@ -88,6 +88,18 @@ ERROR_CASES = [
      lambda b: momkernels.cross_entropy(_x(), _t(), reduction="avg", backend=b)),
     ("mom_norm", ValueError, r"mom_norm.*'tokens'",
      lambda b: _mom(_x(), _t(), mom_norm="tokens", backend=b)),
+    # a number must be positive and finite, and not a bool
+    ("mom_norm_zero", ValueError, r"mom_norm.*0", lambda b: _mom(_x(), _t(), mom_norm=0, backend=b)),
+    ("mom_norm_negative", ValueError, r"mom_norm.*-12\.5",
+     lambda b: _mom(_x(), _t(), mom_norm=-12.5, backend=b)),
+    ("mom_norm_nan", ValueError, r"mom_norm.*nan",
+     lambda b: _mom(_x(), _t(), mom_norm=math.nan, backend=b)),
+    ("mom_norm_inf", ValueError, r"mom_norm.*inf",
+     lambda b: _mom(_x(), _t(), mom_norm=math.inf, backend=b)),
+    ("mom_norm_bool", ValueError, r"mom_norm.*True",
+     lambda b: _mom(_x(), _t(), mom_norm=True, backend=b)),
+    ("mom_norm_tensor", TypeError, r"mom_norm.*Tensor",
+     lambda b: _mom(_x(), _t(), mom_norm=torch.tensor(4.0), backend=b)),
     # loss parameters
     ("gamma", ValueError, r"gamma.*-1", lambda b: _mom(_x(), _t(), loss="focal", gamma=-1.0,
                                                        backend=b)),
@@ -196,6 +208,10 @@ def test_module_errors():
         momkernels.CrossEntropyLoss()(_x(), torch.softmax(_x(), -1))
     with pytest.raises(ValueError, match="dice_smooth"):
         momkernels.MoMLoss(0.5, loss="dice", dice_smooth=0.0)
+    with pytest.raises(ValueError, match="mom_norm"):
+        momkernels.MoMLoss(0.5, mom_norm=-1)
+    with pytest.raises(ValueError, match="mom_norm"):  # the per-call override is checked too
+        momkernels.MoMLoss(0.5)(_x(), _t(), mom_norm=0.0)
 
 
 # ------------------------------------------------------------- target range

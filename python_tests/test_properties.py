@@ -38,7 +38,8 @@ def mom_problems(draw):
         o_index=draw(st.integers(0, C - 1)),
         loss=loss,
         reduction=draw(st.sampled_from(["mean", "sum", "none"])),
-        mom_norm=draw(st.sampled_from(["valid", "rows"])),
+        mom_norm=draw(st.one_of(st.sampled_from(["valid", "rows"]),
+                                st.floats(0.5, 1e4), st.integers(1, 10_000))),
     )
     kw.update(_loss_options(draw, loss))
     ignore_index = draw(st.sampled_from([-100, -1, C]))
@@ -94,7 +95,8 @@ def large_c_problems(draw, max_c=70001):
         o_index=draw(st.sampled_from([0, C - 1]) | st.integers(0, C - 1)),
         loss=loss,
         reduction=draw(st.sampled_from(["mean", "sum", "none"])),
-        mom_norm=draw(st.sampled_from(["valid", "rows"])),
+        mom_norm=draw(st.one_of(st.sampled_from(["valid", "rows"]),
+                                st.floats(0.5, 1e4), st.integers(1, 10_000))),
     )
     kw.update(_loss_options(draw, loss))
     kw["ignore_index"] = draw(st.sampled_from([-100, -1, C]))

@@ -128,17 +128,17 @@ def test_s2_non_finite_logits_in_ignored_rows(backend, value, opts):
 # ------------------------------------------------- S3 all rows ignored
 
 
-@pytest.mark.parametrize("mom_norm", ["valid", "rows"])
+@pytest.mark.parametrize("mom_norm", ["valid", "rows", 40.0])
 @pytest.mark.parametrize("backend", backend_params())
 def test_s3_all_rows_ignored(backend, mom_norm, gen):
     """S3: every row ignored.  mean: lam * 0/0 + (1 - lam) * 0/D_MoM -> NaN
-    unless lam = 0 with mom_norm="rows" (0/N = 0); sum 0; none zeros; the
+    unless lam = 0 with mom_norm="rows" or a number (0/N = 0); sum 0; none zeros; the
     gradient is exactly zero in every case."""
     x = make_logits((5, 6), torch.float32, gen=gen)
     t = torch.full((5,), -100)
     for lam in (0.0, 0.5, 1.0):
         out, g = fwd_bwd(x, t, backend, lam=lam, reduction="mean", mom_norm=mom_norm)
-        if lam == 0.0 and mom_norm == "rows":
+        if lam == 0.0 and mom_norm != "valid":
             assert out.item() == 0.0, out
         else:
             assert math.isnan(out), (lam, out)
@@ -157,15 +157,20 @@ def test_s3_all_rows_ignored(backend, mom_norm, gen):
                          ids=["N0", "d1_0", "N0_2d"])
 @pytest.mark.parametrize("backend", backend_params())
 def test_s4_empty_input(backend, shape, tshape):
-    """S4: no rows at all: mean NaN for every lam and mom_norm (0/0, as
-    F.cross_entropy), sum 0, none an empty tensor of the target's shape; the
+    """S4: no rows at all: mean NaN for every lam with mom_norm "valid" or
+    "rows" (0/0, as F.cross_entropy) and with a number K for lam > 0 (0/K = 0
+    for lam = 0), sum 0, none an empty tensor of the target's shape; the
     gradient is an empty tensor of the input's shape; dtype kept."""
     x = torch.empty(shape, dtype=torch.bfloat16)
     t = torch.empty(tshape, dtype=torch.int64)
     for lam in (0.0, 0.5, 1.0):
-        for mom_norm in ("valid", "rows"):
+        for mom_norm in ("valid", "rows", 256):
             out, g = fwd_bwd(x, t, backend, lam=lam, reduction="mean", mom_norm=mom_norm)
-            assert out.dtype == x.dtype and out.shape == () and math.isnan(out), out
+            assert out.dtype == x.dtype and out.shape == (), out
+            if lam == 0.0 and mom_norm == 256:
+                assert out.item() == 0.0, out
+            else:
+                assert math.isnan(out), out
             assert g.shape == x.shape
             out, g = fwd_bwd(x, t, backend, lam=lam, reduction="sum", mom_norm=mom_norm)
             assert out.item() == 0.0

@@ -55,7 +55,7 @@ LOSS_CFGS = {
     "dice": ("dice", {}),
     "dice_a2": ("dice", {"dice_alpha": 2.0, "dice_smooth": 0.5}),
 }
-RED_CFGS = [("mean", "valid"), ("mean", "rows"), ("sum", "valid"), ("none", "valid")]
+RED_CFGS = [("mean", "valid"), ("mean", "rows"), ("mean", 12.5), ("sum", "valid"), ("none", "valid")]
 LOW = (torch.float16, torch.bfloat16)
 BIG_C = 70001  # row regime: 9 chunks of 8192, the last one 4465 wide
 
@@ -189,7 +189,7 @@ def test_launch_config_table():
 
 @pytest.mark.parametrize("use_weight", [False, True], ids=["now", "w"])
 @pytest.mark.parametrize("lam", LAMS)
-@pytest.mark.parametrize("red", RED_CFGS, ids=lambda r: "-".join(r))
+@pytest.mark.parametrize("red", RED_CFGS, ids=lambda r: "-".join(map(str, r)))
 @pytest.mark.parametrize("loss_cfg", list(LOSS_CFGS))
 def test_options_tile_regime(loss_cfg, red, lam, use_weight, gen):
     """Every loss x reduction x mom_norm x lam x weight, C = 9 (tile regime)."""
@@ -203,7 +203,7 @@ def test_options_tile_regime(loss_cfg, red, lam, use_weight, gen):
           o_index=o_index, weight=w, loss=loss, reduction=reduction, mom_norm=mom_norm, **extra)
 
 
-@pytest.mark.parametrize("red", RED_CFGS, ids=lambda r: "-".join(r))
+@pytest.mark.parametrize("red", RED_CFGS, ids=lambda r: "-".join(map(str, r)))
 @pytest.mark.parametrize("loss_cfg", ["ce", "ce_ls", "focal", "dice_a2"])
 def test_options_row_regime(loss_cfg, red, gen):
     """C = 70001 (online softmax over 9 chunks), N = 3, with weights."""
@@ -340,7 +340,7 @@ def test_float64_goes_to_another_backend(gen):
     assert out.dtype == torch.float64 and torch.equal(out, ref)
     with pytest.raises(RuntimeError, match="float16, bfloat16 or float32"):
         torch.ops.momkernels.triton_mom_loss_fwd(x, t, None, 0.3, 0, -100, "ce", 2.0, 1.0, 0.01,
-                                                 0.0, "mean", "valid", False)
+                                                 0.0, "mean", "valid", 0, False)
 
 
 def test_deterministic(gen):
@@ -526,22 +526,24 @@ def _op_samples():
         x = logits(N, C, dtype, gen=g, layout=layout)
         t = targets(N, C, gen=g, dtype=torch.int32 if C == 37 else torch.int64)
         w = weights(C, gen=g)
-        out.append((x, t, w, 0.3, 0, -100, "ce", 2.0, 1.0, 0.01, 0.1, red, "valid", False))
-        out.append((x, t, None, 0.0, 1, -100, "dice", 2.0, 1.5, 0.5, 0.0, red, "rows", True))
+        out.append((x, t, w, 0.3, 0, -100, "ce", 2.0, 1.0, 0.01, 0.1, red, "valid", 0, False))
+        out.append((x, t, None, 0.0, 1, -100, "dice", 2.0, 1.5, 0.5, 0.0, red, "rows", 0, True))
+        # a number as mom_norm: "fixed" with its denominator
+        out.append((x, t, w, 0.6, 1, -100, "focal", 2.0, 1.0, 0.01, 0.0, red, "fixed", 384, False))
     return out
 
 
-@pytest.mark.parametrize("i", range(6))
+@pytest.mark.parametrize("i", range(9))
 def test_opcheck_fwd(i):
     torch.library.opcheck(torch.ops.momkernels.triton_mom_loss_fwd.default, _op_samples()[i])
 
 
 @pytest.mark.parametrize("inplace", [False, True])
-@pytest.mark.parametrize("i", [0, 3])
+@pytest.mark.parametrize("i", [0, 4, 2])
 def test_opcheck_bwd(i, inplace):
-    (x, t, w, lam, o, ign, loss, gamma, al, sm, ls, red, norm, _) = _op_samples()[i]
+    (x, t, w, lam, o, ign, loss, gamma, al, sm, ls, red, norm, denom, _) = _op_samples()[i]
     out, stats, coef = torch.ops.momkernels.triton_mom_loss_fwd(
-        x.detach(), t, w, lam, o, ign, loss, gamma, al, sm, ls, red, norm, False)
+        x.detach(), t, w, lam, o, ign, loss, gamma, al, sm, ls, red, norm, denom, False)
     op = (torch.ops.momkernels.triton_mom_loss_bwd_inplace if inplace
           else torch.ops.momkernels.triton_mom_loss_bwd)
     xi = x.detach().clone() if inplace else x.detach()

@@ -164,7 +164,8 @@ void write_coef(at::Tensor& coef, double a, double b) {
 // Relative row coefficients (rel_a, rel_b) and the global factor such that
 // the row coefficient of the reduction is (rel_a + rel_b [y == o]) * global,
 // with rel_* known before the kernel runs; false when the reduction does not
-// factor so (mean with mom_norm 'rows' and 0 < lam < 1: two denominators).
+// factor so (mean with mom_norm 'rows' / 'fixed' and 0 < lam < 1: two
+// denominators).
 bool factor_coefficients(double lam, Reduction red, MoMNorm norm, double& rel_a, double& rel_b) {
   rel_a = lam != 0.0 ? lam : 0.0;
   rel_b = lam != 1.0 ? 1.0 - lam : 0.0;
@@ -175,10 +176,10 @@ bool factor_coefficients(double lam, Reduction red, MoMNorm norm, double& rel_a,
 }
 
 // The global factor of factor_coefficients: 1 for sum / none, 1 / D for mean
-// (1 / N for mean with mom_norm 'rows' and lam = 0).
-double global_factor(Reduction red, MoMNorm norm, double lam, double denom, double rows) {
+// (1 / d_mom for mean with mom_norm 'rows' / 'fixed' and lam = 0).
+double global_factor(Reduction red, MoMNorm norm, double lam, double denom, double d_mom) {
   if (red != Reduction::MEAN) return 1.0;
-  if (norm == MoMNorm::ROWS && lam == 0.0) return 1.0 / rows;
+  if (norm == MoMNorm::ROWS && lam == 0.0) return 1.0 / d_mom;
   return 1.0 / denom;
 }
 
@@ -209,12 +210,14 @@ FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
                             const std::optional<at::Tensor>& weight, double lam, int64_t o_index,
                             int64_t ignore_index, c10::string_view loss, double gamma,
                             double dice_alpha, double dice_smooth, double label_smoothing,
-                            c10::string_view reduction, c10::string_view mom_norm, bool fuse) {
+                            c10::string_view reduction, c10::string_view mom_norm,
+                            double mom_denom, bool fuse) {
   check_op_inputs(input, target, weight);
   TORCH_CHECK_VALUE(lam >= 0 && lam <= 1, "momkernels: lam must be in [0, 1]; got ", lam);
   const LossOptions opt = make_options(loss, gamma, dice_alpha, dice_smooth, label_smoothing);
   const Reduction red = parse_reduction(reduction);
-  const MoMNorm norm = parse_mom_norm(mom_norm);
+  double d_mom = 0;  // the MoM denominator of mom_norm 'rows' / 'fixed'
+  const MoMNorm norm = parse_mom_norm(mom_norm, mom_denom, input.size(0), d_mom);
   auto [out, stats, coef] = make_forward_outputs(input, red);
   const at::ScalarType acc = math_dtype(input.scalar_type());
   const at::Tensor w = math_weight(weight, acc);
@@ -238,8 +241,8 @@ FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
   at::Tensor grad;
   double rel_a = 0, rel_b = 0;
   const bool factors = factor_coefficients(lam, red, norm, rel_a, rel_b);
-  // the global factor needs no kernel result: 1 (sum / none), 1 / N (mean,
-  // mom_norm 'rows', lam = 0) or 1 / (number of valid rows) (unweighted mean)
+  // the global factor needs no kernel result: 1 (sum / none), 1 / d_mom (mean,
+  // mom_norm 'rows' / 'fixed', lam = 0) or 1 / (number of valid rows) (unweighted mean)
   const bool constant_factor = red != Reduction::MEAN || (norm == MoMNorm::ROWS && lam == 0.0);
   const bool factor_known = constant_factor || !w.defined();
   const bool inline_grad = fuse && factors && a.c.C <= kTileMaxC &&
@@ -255,7 +258,7 @@ FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
     double pre = 1.0;
     if (prescaled) {
       const double valid_rows = constant_factor ? 0.0 : double(count_valid_rows(a.c));
-      pre = global_factor(red, norm, lam, valid_rows, double(a.c.N));
+      pre = global_factor(red, norm, lam, valid_rows, d_mom);
     }
     a.gfused = grad.data_ptr();
     // a zero coefficient stays 0 (never 0 * inf: an all-ignored batch)
@@ -279,7 +282,7 @@ FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
     denom += partials[3 * b + 2];
   }
   const Reduced<double> r =
-      reduce_loss<double>(s_valid, s_o, denom, double(a.c.N), lam, red, norm);
+      reduce_loss<double>(s_valid, s_o, denom, d_mom, lam, red, norm);
   if (acc == at::kDouble) write_coef<double>(coef, r.a, r.b); else write_coef<float>(coef, r.a, r.b);
   if (red != Reduction::NONE) {  // a 0-dim output: written directly, no fill_ dispatch
     switch (input.scalar_type()) {
@@ -294,7 +297,7 @@ FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
   if (fuse) {
     double gscale = 1.0;
     if (inline_grad) {
-      gscale = prescaled ? 1.0 : global_factor(red, norm, lam, denom, double(a.c.N));
+      gscale = prescaled ? 1.0 : global_factor(red, norm, lam, denom, d_mom);
     } else {
       // the backward kernel with a unit upstream gradient and the real
       // coefficients; the global factor is then 1
@@ -329,10 +332,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_cpu(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     double lam, int64_t o_index, int64_t ignore_index, c10::string_view loss, double gamma,
     double dice_alpha, double dice_smooth, double label_smoothing, c10::string_view reduction,
-    c10::string_view mom_norm) {
+    c10::string_view mom_norm, const c10::Scalar& mom_denom) {
   FwdResult r = mom_loss_fwd_impl(input, target, weight, lam, o_index, ignore_index, loss, gamma,
                                   dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm,
-                                  /*fuse=*/false);
+                                  mom_denom.toDouble(), /*fuse=*/false);
   return {r.out, r.stats, r.coef};
 }
 
@@ -340,10 +343,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mom_loss_
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     double lam, int64_t o_index, int64_t ignore_index, c10::string_view loss, double gamma,
     double dice_alpha, double dice_smooth, double label_smoothing, c10::string_view reduction,
-    c10::string_view mom_norm) {
+    c10::string_view mom_norm, const c10::Scalar& mom_denom) {
   FwdResult r = mom_loss_fwd_impl(input, target, weight, lam, o_index, ignore_index, loss, gamma,
                                   dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm,
-                                  /*fuse=*/true);
+                                  mom_denom.toDouble(), /*fuse=*/true);
   return {r.out, r.stats, r.coef, r.grad, r.gscale};
 }
 

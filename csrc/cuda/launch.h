@@ -90,7 +90,7 @@ struct FwdParams {
 struct FinishParams {
   const double* partials;  // (num_partials, 3)
   int64_t num_partials;
-  double rows;             // N, for mom_norm='rows'
+  double rows;             // the MoM denominator of mom_norm 'rows' (N) / 'fixed'
   double lam;
   Reduction red;
   MoMNorm norm;

@@ -75,13 +75,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_cuda(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     double lam, int64_t o_index, int64_t ignore_index, c10::string_view loss, double gamma,
     double dice_alpha, double dice_smooth, double label_smoothing, c10::string_view reduction,
-    c10::string_view mom_norm) {
+    c10::string_view mom_norm, const c10::Scalar& mom_denom) {
   check_op_inputs(input, target, weight);
   check_cuda_inputs(input);
   TORCH_CHECK_VALUE(lam >= 0 && lam <= 1, "momkernels: lam must be in [0, 1]; got ", lam);
   const LossOptions opt = make_options(loss, gamma, dice_alpha, dice_smooth, label_smoothing);
   const Reduction red = parse_reduction(reduction);
-  const MoMNorm norm = parse_mom_norm(mom_norm);
+  double d_mom = 0;  // the MoM denominator of mom_norm 'rows' / 'fixed'
+  const MoMNorm norm = parse_mom_norm(mom_norm, mom_denom.toDouble(), input.size(0), d_mom);
   MOMK_DEVICE_GUARD(input);
   auto [out, stats, coef] = make_forward_outputs(input, red);
   const at::ScalarType acc = math_dtype(input.scalar_type());
@@ -103,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_cuda(
     p.partials = partials.data_ptr<double>();
   } else {
     // (a, b) of 'none' do not depend on the data: the forward kernel writes them
-    const Reduced<double> r0 = reduce_loss<double>(0, 0, 0, double(N), lam, red, norm);
+    const Reduced<double> r0 = reduce_loss<double>(0, 0, 0, d_mom, lam, red, norm);
     p.coef_a = r0.a;
     p.coef_b = r0.b;
   }
@@ -113,7 +114,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_cuda(
     FinishParams f{};
     f.partials = p.partials;
     f.num_partials = red != Reduction::NONE ? forward_num_partials(N, input.size(1)) : 0;
-    f.rows = double(N);
+    f.rows = d_mom;
     f.lam = lam;
     f.red = red;
     f.norm = norm;

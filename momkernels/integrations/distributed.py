@@ -26,6 +26,14 @@ itself this function is not free of device->host syncs under CUDA graphs.
 
 The value returned on a rank is *not* the global loss (it is S_r * R / D); for
 logging the global mean, all_reduce ``loss.detach()`` and divide by R.
+
+The paper's normalisation (a MoM term over a second denominator, D_MoM) works
+the same way: loss_r = R * (lam * S_V,r / D + (1 - lam) * S_O,r / D_MoM), with
+S_V,r / S_O,r the rank's summed loss over its valid / O rows, D all-reduced as
+above and D_MoM the *global* MoM denominator: ``mom_norm=<number>`` is taken
+as global (e.g. global sentences x M, which the caller knows: the sentences
+of the global batch), ``mom_norm="rows"`` all-reduces the rows with D (one
+collective for both).
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..functional import mom_cross_entropy
+from ..functional import _check_mom_norm, mom_cross_entropy
+from ..reference import valid_rows
 
 __all__ = ["global_denominator", "global_mean_mom_cross_entropy", "world_size"]
 
@@ -49,12 +58,13 @@ def world_size(group=None) -> int:
 
 
 def global_denominator(target: Tensor, weight: Optional[Tensor] = None, *,
-                       ignore_index: int = -100, group=None) -> Tensor:
+                       ignore_index: int = -100, group=None, with_rows: bool = False) -> Tensor:
     """D = global number of valid targets (or sum of w_y with class weights),
     all-reduced (SUM) over ``group``.  Returned detached, float32 (float64 if
-    ``weight`` is float64), on ``target``'s device."""
+    ``weight`` is float64), on ``target``'s device.  ``with_rows=True``
+    returns (D, global number of rows) from the same all_reduce."""
     t = target.reshape(-1)
-    valid = t != ignore_index
+    valid = valid_rows(t, ignore_index)
     if weight is None:
         d = valid.sum().to(torch.float32)
     else:
@@ -62,6 +72,8 @@ def global_denominator(target: Tensor, weight: Optional[Tensor] = None, *,
         dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
         d = (weight.detach().to(dt)[safe] * valid.to(dt)).sum()
     d = d.detach().clone()
+    if with_rows:
+        d = torch.stack([d, torch.full_like(d, t.numel())])
     if world_size(group) > 1:
         dist.all_reduce(d, op=dist.ReduceOp.SUM, group=group)
     return d
@@ -70,25 +82,48 @@ def global_denominator(target: Tensor, weight: Optional[Tensor] = None, *,
 def global_mean_mom_cross_entropy(input: Tensor, target: Tensor, lam: float = 0.5, *,
                                   o_index: int = 0, ignore_index: int = -100,
                                   weight: Optional[Tensor] = None, group=None,
-                                  mom_norm: str = "valid", **kwargs) -> Tensor:
+                                  mom_norm="valid", **kwargs) -> Tensor:
     """``mom_cross_entropy(..., reduction="mean")`` over the *global* batch of all
     ranks, scaled for DDP's gradient averaging (see the module docstring):
     returns ``sum-reduced loss * world_size / D_global``.
 
     With one process (or no process group) this equals
     ``mom_cross_entropy(..., reduction="mean")``.  ``lam=1`` gives the global
-    mean cross-entropy / focal / dice loss.  Only ``mom_norm="valid"`` is
-    supported (the paper's ``"rows"`` normalisation has a second denominator).
+    mean cross-entropy / focal / dice loss.  ``mom_norm``: ``"valid"``,
+    ``"rows"`` (all rows of all ranks) or a number, the *global* D_MoM (for
+    the paper's normalisation: sentences of the global batch x M).
     Other keyword arguments (``loss``, ``gamma``, ``backend``, ...) are passed on.
     """
-    if mom_norm != "valid":
-        raise NotImplementedError(
-            f"global_mean_mom_cross_entropy: mom_norm={mom_norm!r} is not supported, only 'valid'")
+    _check_mom_norm(mom_norm)
     if kwargs.get("reduction", "mean") != "mean":
         raise ValueError("global_mean_mom_cross_entropy: reduction is always the global mean; "
                          f"got reduction={kwargs['reduction']!r}")
     kwargs.pop("reduction", None)
-    s = mom_cross_entropy(input, target, lam, o_index=o_index, ignore_index=ignore_index,
-                          weight=weight, reduction="sum", mom_norm="valid", **kwargs)
-    d = global_denominator(target, weight, ignore_index=ignore_index, group=group)
-    return s * (world_size(group) / d).to(s.dtype)
+    R = world_size(group)
+    if mom_norm == "valid":
+        s = mom_cross_entropy(input, target, lam, o_index=o_index, ignore_index=ignore_index,
+                              weight=weight, reduction="sum", mom_norm="valid", **kwargs)
+        d = global_denominator(target, weight, ignore_index=ignore_index, group=group)
+        return s * (R / d).to(s.dtype)
+    # two denominators: the per-row losses (lam = 1, 'none': w_y-weighted l_i,
+    # 0 on ignored rows), summed over all valid rows and over the O rows
+    ell = mom_cross_entropy(input, target, 1.0, o_index=o_index, ignore_index=ignore_index,
+                            weight=weight, reduction="none", **kwargs).reshape(-1)
+    t = target.reshape(-1)
+    if mom_norm == "rows":
+        d, d_mom = global_denominator(target, weight, ignore_index=ignore_index, group=group,
+                                      with_rows=True).unbind()
+    else:
+        d = global_denominator(target, weight, ignore_index=ignore_index, group=group)
+        d_mom = float(mom_norm)
+    # as the kernels: a term whose coefficient is exactly 0 is left out
+    out = None
+    if lam != 0.0:
+        out = ell.sum() * (lam * R / d).to(ell.dtype)
+    if lam != 1.0:
+        s_o = torch.where(valid_rows(t, ignore_index) & (t == o_index), ell,
+                          torch.zeros_like(ell)).sum()
+        term = s_o * ((1.0 - lam) * R / d_mom if isinstance(d_mom, float)
+                      else ((1.0 - lam) * R / d_mom).to(ell.dtype))
+        out = term if out is None else out + term
+    return out

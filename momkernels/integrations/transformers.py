@@ -16,6 +16,18 @@ Two ways to train a ``*ForTokenClassification`` model with MoM loss::
 Labels follow the Hugging Face convention: -100 on ignored positions (special
 tokens, padding, non-first sub-words).
 
+Normalisation: by default (``mom_norm="paper"``) the MoM term is divided by
+(sentences in the batch) x ``padded_length`` (M = 128 in the paper), the
+paper's (1/N)(1/M), whatever length the collator padded the batch to: the
+sentence count is the first dimension of ``labels`` (docs/spec.md explains
+the reading).  ``mom_norm="valid"`` or ``"rows"`` (or a number) are passed to
+:func:`momkernels.mom_cross_entropy` as they are::
+
+    # the paper's normalisation for inputs of at most 256 sub-words
+    compute_loss_func=mom_compute_loss_func(lam=0.175, o_index=0, padded_length=256)
+    # momkernels' per-token re-weighting (O tokens weigh 1, entity tokens lam)
+    model = use_mom_loss(model, lam=0.175, mom_norm="valid")
+
 Gradient accumulation: ``Trainer`` (transformers >= 4.46, checked against 5.24)
 calls ``compute_loss_func(outputs, labels, num_items_in_batch=N)`` where N is the
 number of label tokens != -100 over *all* accumulated micro-batches (and, with
@@ -25,7 +37,13 @@ by the accumulation steps.  So when ``num_items_in_batch`` is given the loss is
 exactly what ``transformers``' own ``fixed_cross_entropy`` does.  Without it the
 loss is the ordinary per-batch mean (``reduction="mean"``).  With class weights
 and ``num_items_in_batch`` the denominator is a token count, not sum(w_y), as in
-transformers.
+transformers.  With the paper's normalisation and ``num_items_in_batch`` the
+micro-batch's paper loss (mean CE term, MoM term over sentences x M) is
+weighted by its share of the label tokens, D_batch / num_items_in_batch: the
+CE term is then exactly sum / num_items_in_batch as above, and the MoM term
+is exact without accumulation; with accumulation its sentence count is
+estimated from the token share (exact when micro-batches have the same
+tokens per sentence).
 """
 
 from __future__ import annotations
@@ -37,6 +55,9 @@ import torch
 from torch import Tensor
 
 from ..functional import mom_cross_entropy
+from ..reference import valid_rows
+
+PAPER_PADDED_LENGTH = 128  # M of the paper's experiments
 
 __all__ = ["mom_compute_loss_func", "use_mom_loss", "mom_token_classification_loss"]
 
@@ -56,13 +77,39 @@ def _logits_of(outputs: Any) -> Tensor:
 
 def mom_token_classification_loss(logits: Tensor, labels: Tensor, num_items_in_batch=None, *,
                                   lam: float = 0.175, o_index: int = 0,
-                                  ignore_index: int = -100, **mom_kwargs) -> Tensor:
-    """MoM loss of token-classification ``logits`` (..., C) against ``labels`` (...).
+                                  ignore_index: int = -100, mom_norm="paper",
+                                  padded_length: int = PAPER_PADDED_LENGTH,
+                                  **mom_kwargs) -> Tensor:
+    """MoM loss of token-classification ``logits`` (B, T, C) against ``labels`` (B, T).
 
-    Mean over valid tokens, or the sum divided by ``num_items_in_batch`` when given."""
+    Mean over valid tokens, or the sum divided by ``num_items_in_batch`` when
+    given.  ``mom_norm="paper"``: the MoM term over B x ``padded_length``
+    (see the module docstring); other values go to ``mom_cross_entropy``."""
     C = logits.shape[-1]
     x = logits.reshape(-1, C)
     y = labels.reshape(-1).to(x.device)
+    if isinstance(mom_norm, str) and mom_norm == "paper":
+        if isinstance(padded_length, bool) or not isinstance(padded_length, int) \
+                or padded_length < 1:
+            raise ValueError(f"padded_length must be a positive int; got {padded_length!r}")
+        sentences = labels.shape[0] if labels.dim() > 1 else 1
+        paper = mom_cross_entropy(x, y, lam, o_index=o_index, ignore_index=ignore_index,
+                                  reduction="mean", mom_norm=sentences * padded_length,
+                                  **mom_kwargs)
+        if num_items_in_batch is None:
+            return paper
+        w = mom_kwargs.get("weight")
+        share = valid_rows(y, ignore_index)
+        if w is not None:
+            share = torch.where(share, w.to(x.device)[torch.where(share, y, 0)], 0).sum()
+        else:
+            share = share.sum()
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(paper.device)
+        # a micro-batch without label tokens adds 0 (its mean is 0/0)
+        frac = (share / num_items_in_batch).to(paper.dtype)
+        return torch.where(frac > 0, paper * frac, torch.zeros_like(paper))
+    mom_kwargs["mom_norm"] = mom_norm
     if num_items_in_batch is None:
         return mom_cross_entropy(x, y, lam, o_index=o_index, ignore_index=ignore_index,
                                  reduction="mean", **mom_kwargs)
@@ -79,7 +126,9 @@ def mom_compute_loss_func(lam: float = 0.175, o_index: int = 0, **mom_kwargs
     ``f(outputs, labels, num_items_in_batch=None) -> loss``.
 
     ``lam`` defaults to the paper's value for BERT-base on CoNLL-2003 (0.175);
-    ``o_index`` is the id of the "O" label.  Other keyword arguments go to
+    ``o_index`` is the id of the "O" label.  ``mom_norm`` defaults to
+    ``"paper"`` (MoM term over sentences x ``padded_length``, default 128; see
+    the module docstring).  Other keyword arguments go to
     :func:`momkernels.mom_cross_entropy` (``loss="focal"``, ``weight=``,
     ``backend=``, ``ignore_index=`` ...; not ``reduction``)."""
     if "reduction" in mom_kwargs:
@@ -107,7 +156,8 @@ def use_mom_loss(model, lam: float = 0.175, o_index: Optional[int] = None, **mom
     Trainer passes it to models that accept loss kwargs) divides the summed loss.
     ``o_index`` defaults to ``model.config.label2id["O"]`` when present, else 0.
     Calling it again replaces the previous settings.  Only this instance is
-    changed, not the class."""
+    changed, not the class.  ``mom_norm`` defaults to ``"paper"`` (MoM term
+    over sentences x ``padded_length``, default 128; see the module docstring)."""
     if "reduction" in mom_kwargs:
         raise ValueError("use_mom_loss: reduction is always the mean (or sum / num_items_in_batch)")
     if o_index is None:

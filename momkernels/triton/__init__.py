@@ -14,7 +14,7 @@ Files: ``kernels.py`` (the ``@triton.jit`` kernels, their math and the
 block-size table), ``ops.py`` (the ``torch.library.triton_op`` operators and
 their autograd).  Every docs/spec.md option is supported: ce / focal / dice,
 class weights, label smoothing, ignore_index, o_index, lam, reduction
-none / sum / mean, mom_norm valid / rows, float16 / bfloat16 / float32
+none / sum / mean, mom_norm valid / rows / a number, float16 / bfloat16 / float32
 logits with any strides, int32 / int64 targets.
 
 float64 logits: the kernels compute in float32, which docs/spec.md does not allow

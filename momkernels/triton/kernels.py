@@ -322,7 +322,7 @@ def mom_reduce_kernel(
     partial_ptr, loss_ptr, coef_ptr,  # (P, 3) f64 in; 0-dim loss (logits dtype), coef[0:2] f32 out
     num_partials, rows, lam, one_minus_lam,
     REDUCTION: tl.constexpr,  # 0 none, 1 sum, 2 mean
-    ROWS_NORM: tl.constexpr,  # mom_norm == "rows": D_MoM = N
+    ROWS_NORM: tl.constexpr,  # mom_norm "rows" / "fixed": D_MoM = rows (N or the caller's number)
     HAS_A: tl.constexpr,  # lam != 0
     HAS_B: tl.constexpr,  # lam != 1
     BLOCK: tl.constexpr,

@@ -29,7 +29,9 @@ import torch
 import triton
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
+from torch.types import Number
 
+from ..reference import mom_norm_args
 from . import kernels as K
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -90,7 +92,7 @@ def _operator(name: str, *, mutates_args: tuple[str, ...], fake):
 
 
 def _fwd_fake(input, target, weight, lam, o_index, ignore_index, loss, gamma, dice_alpha,
-              dice_smooth, label_smoothing, reduction, mom_norm, inplace_backward):
+              dice_smooth, label_smoothing, reduction, mom_norm, mom_denom, inplace_backward):
     _check_inputs(input, target, weight)
     N = input.shape[0]
     out = input.new_empty((N,) if reduction == "none" else ())
@@ -115,9 +117,12 @@ def _bwd_inplace_fake(grad, input, target, weight, stats, coef, o_index, ignore_
 def triton_mom_loss_fwd(
     input: Tensor, target: Tensor, weight: Optional[Tensor], lam: float, o_index: int,
     ignore_index: int, loss: str, gamma: float, dice_alpha: float, dice_smooth: float,
-    label_smoothing: float, reduction: str, mom_norm: str, inplace_backward: bool,
+    label_smoothing: float, reduction: str, mom_norm: str, mom_denom: Number,
+    inplace_backward: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Forward: (loss, stats, coef). ``inplace_backward`` only matters to autograd."""
+    """Forward: (loss, stats, coef). ``mom_norm`` is "valid", "rows" or "fixed"
+    (D_MoM = ``mom_denom``, a Scalar so that a SymInt stays symbolic under
+    torch.compile); ``inplace_backward`` only matters to autograd."""
     _check_inputs(input, target, weight)
     N, C = input.shape
     block_n, block_c, warps = K.launch_config(C)
@@ -139,8 +144,8 @@ def triton_mom_loss_fwd(
             SMOOTH=label_smoothing > 0, WRITE_NONE=none,
             BLOCK_N=block_n, BLOCK_C=block_c, num_warps=warps)
     wrap_triton(K.mom_reduce_kernel)[(1,)](
-        partials, out, coef, num_programs, N, lam, 1.0 - lam,
-        REDUCTION=K.REDUCTIONS[reduction], ROWS_NORM=mom_norm == "rows",
+        partials, out, coef, num_programs, mom_denom if mom_norm == "fixed" else N,
+        lam, 1.0 - lam, REDUCTION=K.REDUCTIONS[reduction], ROWS_NORM=mom_norm != "valid",
         HAS_A=lam != 0.0, HAS_B=lam != 1.0, BLOCK=K.REDUCE_BLOCK, num_warps=4)
     return out, stats, coef
 
@@ -201,7 +206,7 @@ def can_write_in_place(input: Tensor) -> bool:
 
 def _setup_context(ctx, inputs, output):
     (input, target, weight, _lam, o_index, ignore_index, loss, gamma, dice_alpha, dice_smooth,
-     label_smoothing, _reduction, _mom_norm, inplace_backward) = inputs
+     label_smoothing, _reduction, _mom_norm, _mom_denom, inplace_backward) = inputs
     _, stats, coef = output
     # The logits are saved as they are (no copy): the backward recomputes the
     # softmax from them and the per-row (max, log-normaliser) stats.
@@ -222,7 +227,7 @@ def _backward(ctx, grad_loss, _grad_stats, _grad_coef):
         else:
             grad_input = torch.ops.momkernels.triton_mom_loss_bwd(
                 grad_loss, input, target, weight, stats, coef, *ctx.options)
-    return (grad_input,) + (None,) * 13
+    return (grad_input,) + (None,) * 14
 
 
 triton_mom_loss_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -230,11 +235,12 @@ triton_mom_loss_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def mom_loss(input: Tensor, target: Tensor, weight: Optional[Tensor], lam: float, o_index: int,
              ignore_index: int, loss: str, gamma: float, dice_alpha: float, dice_smooth: float,
-             label_smoothing: float, reduction: str, mom_norm: str, *,
+             label_smoothing: float, reduction: str, mom_norm, *,
              inplace_backward: bool = False) -> Tensor:
     """The loss of float16/bfloat16/float32 (N, C) logits via the Triton operators."""
+    norm, denom = mom_norm_args(mom_norm)
     out, _, _ = torch.ops.momkernels.triton_mom_loss_fwd(
         input, target, weight, float(lam), int(o_index), int(ignore_index), loss, float(gamma),
-        float(dice_alpha), float(dice_smooth), float(label_smoothing), reduction, mom_norm,
+        float(dice_alpha), float(dice_smooth), float(label_smoothing), reduction, norm, denom,
         bool(inplace_backward))
     return out

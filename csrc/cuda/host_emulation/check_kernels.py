@@ -96,7 +96,8 @@ def run_case(emu, N, C, dtype, layout, opts, lam, reduction, mom_norm, weighted,
     args = (lam, 1 if C > 1 else 0, -100, opts.get("loss", "ce"), opts.get("gamma", 2.0),
             opts.get("dice_alpha", 1.0), opts.get("dice_smooth", 0.01),
             opts.get("label_smoothing", 0.0))
-    out, stats, coef = emu.fwd(x, t, w, *args, reduction, mom_norm)
+    norm_args = reference.mom_norm_args(mom_norm)  # ("fixed", number) for a number
+    out, stats, coef = emu.fwd(x, t, w, *args, reduction, *norm_args)
     o_index = args[1]
     # reference value and gradient (float64)
     x64 = x.detach().double().requires_grad_(True)
@@ -122,7 +123,8 @@ def run_case(emu, N, C, dtype, layout, opts, lam, reduction, mom_norm, weighted,
         close(out, ref, rtol, atol, "loss")
     # CPU operator: same stats
     if not bad:
-        cout, cstats, ccoef = torch.ops.momkernels.mom_loss_fwd(x, t, w, *args, reduction, mom_norm)
+        cout, cstats, ccoef = torch.ops.momkernels.mom_loss_fwd(x, t, w, *args, reduction,
+                                                                *norm_args)
         valid = t != -100
         close(stats[valid], cstats[valid], 1e-5 if dtype != torch.float64 else 1e-12, 1e-6,
               "stats vs cpu")
@@ -164,8 +166,8 @@ def main():
                  {"label_smoothing": 1.0}]
     for C, opts, red, lam, weighted, norm in itertools.product(
             [9, 37, 300], opts_list, ["mean", "sum", "none"], [0.0, 0.175, 1.0], [False, True],
-            ["valid", "rows"]):
-        if norm == "rows" and red != "mean":
+            ["valid", "rows", 1000.0]):
+        if norm != "valid" and red != "mean":
             continue
         N = 40 if C <= 128 else 3
         cases.append((N, C, torch.float32, "contig", opts, lam, red, norm, weighted, torch.int32))
@@ -193,7 +195,7 @@ def main():
             print(f"FAIL bad-target C={C} {red}: {e}", flush=True)
     # empty batch
     out, stats, coef = emu.fwd(torch.zeros(0, 9), torch.zeros(0, dtype=torch.int64), None, 0.5, 0,
-                               -100, "ce", 2.0, 1.0, 0.01, 0.0, "mean", "valid")
+                               -100, "ce", 2.0, 1.0, 0.01, 0.0, "mean", "valid", 0.0)
     assert torch.isnan(out) and coef.shape == (2,), (out, coef)
     print(f"{len(cases)} cases, {failures} failures, {time.time() - t0:.0f}s")
     sys.exit(1 if failures else 0)

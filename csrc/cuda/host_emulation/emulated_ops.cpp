@@ -19,10 +19,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                   const std::optional<at::Tensor>& weight, double lam, int64_t o_index,
                   int64_t ignore_index, const std::string& loss, double gamma, double dice_alpha,
                   double dice_smooth, double label_smoothing, const std::string& reduction,
-                  const std::string& mom_norm) {
+                  const std::string& mom_norm, double mom_denom) {
     return momkernels::cuda::mom_loss_fwd_cuda(input, target, weight, lam, o_index, ignore_index,
                                                loss, gamma, dice_alpha, dice_smooth,
-                                               label_smoothing, reduction, mom_norm);
+                                               label_smoothing, reduction, mom_norm, mom_denom);
   });
   m.def("bwd", [](const at::Tensor& grad, const at::Tensor& input, const at::Tensor& target,
                   const std::optional<at::Tensor>& weight, const at::Tensor& stats,
