@@ -133,10 +133,10 @@ def per_row_loss(
             raise ValueError(f"loss must be 'ce', 'focal' or 'dice'; got {loss!r}")
 
     zero = torch.zeros_like(ell)
-    # NaN, and a NaN gradient row (the factor is 0 on the other rows: their
-    # gradient through this branch is 0 * 0, not 0 * NaN)
+    # NaN, and a NaN gradient row through log_softmax (the factor is 0 on the
+    # other rows: their gradient through this branch is 0 * 0, not 0 * NaN)
     nan_bad = torch.where(bad, float("nan"), 0.0).to(x.dtype)
-    ell = torch.where(bad, x.sum(-1) * nan_bad, ell)
+    ell = torch.where(bad, lp_y * nan_bad, ell)
     return torch.where(valid, ell, zero), torch.where(valid & ~bad, w_y, zero), valid
 
 
