@@ -6,8 +6,8 @@ measured device-to-device copy of the same bytes.
     python bench/gpu_bench.py --out OUT_DIR [--quick] [--time-budget SECONDS]
 
 Writes OUT_DIR/gpu_bench.csv (one row per measurement, appended as it goes, so
-a run cut short keeps what it measured), OUT_DIR/gpu_bench.md (markdown table)
-and OUT_DIR/gpu_bench_env.txt.  Times are triton.testing.do_bench medians (ms)
+a run cut short keeps what it measured) and OUT_DIR/gpu_bench.md (markdown
+table under a line naming the GPU and the versions).  Times are triton.testing.do_bench medians (ms)
 with the 20th/80th percentiles.
 
 Bytes counted per call (the minimum traffic of a fused kernel): fwd reads the
@@ -50,8 +50,10 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, small shapes only")
     ap.add_argument("--time-budget", type=float, default=150.0,
                     help="stop starting new measurements after this many seconds (default 150)")
-    ap.add_argument("--impls", default="cpp,triton,eager,compile,liger",
-                    help="comma-separated subset of cpp,triton,eager,compile,liger")
+    ap.add_argument("--impls", default="cpp,triton,triton+ls,eager,compile,liger",
+                    help="comma-separated subset of cpp,triton,triton+ls,eager,compile,liger "
+                         "(triton+ls: label smoothing 0.1, the row-regime forward with the "
+                         "most registers)")
     ap.add_argument("--shapes", default=None, help="e.g. 8192x9,16384x32000 (default: all)")
     ap.add_argument("--dtypes", default=",".join(DTYPES))
     ap.add_argument("--warmup", type=int, default=10, help="do_bench warmup, ms")
@@ -83,14 +85,16 @@ def make_impls(names, torch):
     import momkernels
 
     avail = momkernels.available_backends(DEV)
-    for b in ("cpp", "triton"):
-        if b not in names:
+    for name, b, ls in (("cpp", "cpp", 0.0), ("triton", "triton", 0.0),
+                        ("triton+ls", "triton", 0.1)):
+        if name not in names:
             continue
         if b in avail:
-            impls[b] = (lambda x, t, b=b: momkernels.mom_cross_entropy(
-                x, t, LAM, o_index=O_INDEX, ignore_index=IGNORE, backend=b), "")
+            impls[name] = (lambda x, t, b=b, ls=ls: momkernels.mom_cross_entropy(
+                x, t, LAM, o_index=O_INDEX, ignore_index=IGNORE, label_smoothing=ls, backend=b),
+                f"label_smoothing={ls}" if ls else "")
         else:
-            impls[b] = (None, f"backend {b!r} unavailable on {DEV}")
+            impls[name] = (None, f"backend {b!r} unavailable on {DEV}")
     if "eager" in names:
         impls["eager"] = (eager_mom, "F.cross_entropy(none)+mask+sums")
     if "compile" in names:
@@ -269,9 +273,7 @@ def main(argv=None):
         if DEV == "cuda":
             print("gpu_bench: triton is needed for triton.testing.do_bench", file=sys.stderr)
             return 2
-    with open(os.path.join(args.out, "gpu_bench_env.txt"), "w") as f:
-        f.write(env + "\n")
-    print(env, flush=True)
+    print(env, flush=True)  # also the header of gpu_bench.md
     try:  # one compiled graph per shape and dtype (dynamic=False)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     except AttributeError:
@@ -282,8 +284,8 @@ def main(argv=None):
     # Two passes over the shapes: the fused kernels and eager first (cheap), then
     # the implementations that compile per shape, so that a time budget spent
     # on compilation never costs the large-vocabulary rows of the first pass.
-    passes = [[n for n in names if n in ("cpp", "triton", "eager")],
-              [n for n in names if n not in ("cpp", "triton", "eager")]]
+    fused = ("cpp", "triton", "triton+ls", "eager")
+    passes = [[n for n in names if n in fused], [n for n in names if n not in fused]]
     copy_cache, eager_cache = {}, {}
     with open(csv_path, "w", newline="") as fcsv:
         writer = csv.DictWriter(fcsv, fieldnames=FIELDS)
@@ -314,7 +316,7 @@ def main(argv=None):
                             print(f"  {name}: {note}", flush=True)
                             continue
                         measure(name, fn, N, C, dtype_name, torch, args, copy_bw, writer, rows,
-                                eager_cache[key] if name != "liger" else None)
+                                eager_cache[key] if name not in ("liger", "triton+ls") else None)
                         fcsv.flush()
     write_markdown(os.path.join(args.out, "gpu_bench.md"), [r for r in rows if r["mode"] != "-"]
                    + [r for r in rows if r["mode"] == "-"], env)

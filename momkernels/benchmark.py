@@ -176,13 +176,13 @@ def time_cpu(step: Callable[[], Optional[Callable]], reps: int, warmup: int,
 
 
 def time_gpu(step: Callable[[], Optional[Callable]]) -> tuple[float, float, float]:
+    """Time ``step`` with triton's do_bench; if it returns a callable (bwd), only
+    that is timed: the backward of one forward, run again each repetition
+    (``retain_graph=True``), as bench/gpu_bench.py does."""
     import triton.testing
 
-    def run():
-        r = step()
-        if callable(r):
-            r()
-
+    r = step()
+    run = (lambda: r(retain_graph=True)) if callable(r) else step
     q = triton.testing.do_bench(run, quantiles=[0.5, 0.25, 0.75], return_mode="median")
     return float(q[0]), float(q[1]), float(q[2])
 
@@ -197,7 +197,12 @@ def make_steps(fn, x, t, lam):
     def bwd():
         leaf.grad = None
         out = fn(leaf, t, lam)
-        return out.backward
+
+        def backward(**kwargs):
+            leaf.grad = None  # a new gradient each time, never an accumulation
+            out.backward(**kwargs)
+
+        return backward
 
     def fwdbwd():
         leaf.grad = None

@@ -52,15 +52,20 @@ def is_available() -> bool:
     return _load_error is None
 
 
+# Read once, here: the op returns a string, which torch.compile cannot trace
+# ("torch.* op returned non-Tensor"), and has_cuda() is asked while tracing
+# (functional._cpp_unavailable_reason for CUDA tensors).
+_BUILD_INFO: dict[str, str] = {} if _load_error is not None else dict(
+    kv.split("=", 1) for kv in torch.ops.momkernels.build_info().split(";"))
+
+
 def build_info() -> dict[str, str]:
     """Flags the extension was built with, e.g. {'cpu_isa': 'AVX512', 'cuda': '0'}."""
-    if _load_error is not None:
-        return {}
-    return dict(kv.split("=", 1) for kv in torch.ops.momkernels.build_info().split(";"))
+    return dict(_BUILD_INFO)
 
 
 def has_cuda() -> bool:
-    return build_info().get("cuda") == "1"
+    return _BUILD_INFO.get("cuda") == "1"
 
 
 if _load_error is None:

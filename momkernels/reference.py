@@ -104,7 +104,11 @@ def per_row_loss(
     """
     C = x.shape[-1]
     valid = valid_rows(target, ignore_index)
-    safe_t = torch.where(valid, target, torch.zeros_like(target)).long()
+    # A valid target outside [0, C) (docs/spec.md: a NaN row, never an out-of-bounds
+    # access; on CUDA an out-of-bounds gather is a device-side assert that kills
+    # the context) indexes class 0 and gets a NaN loss and gradient row below.
+    bad = valid & ((target < 0) | (target >= C))
+    safe_t = torch.where(valid & ~bad, target, torch.zeros_like(target)).long()
     # Ignored rows are computed on zero logits: a NaN or +inf logit in an
     # ignored row would otherwise come back as a NaN gradient through
     # log_softmax's backward (g - exp(out) * sum(g) with g = 0, out = NaN),
@@ -140,7 +144,11 @@ def per_row_loss(
             raise ValueError(f"loss must be 'ce', 'focal' or 'dice'; got {loss!r}")
 
     zero = torch.zeros_like(ell)
-    return torch.where(valid, ell, zero), torch.where(valid, w_y, zero), valid
+    # NaN, and a NaN gradient row through log_softmax (the factor is 0 on the
+    # other rows: their gradient through this branch is 0 * 0, not 0 * NaN)
+    nan_bad = torch.where(bad, float("nan"), 0.0).to(x.dtype)
+    ell = torch.where(bad, lp_y * nan_bad, ell)
+    return torch.where(valid, ell, zero), torch.where(valid & ~bad, w_y, zero), valid
 
 
 def mom_cross_entropy(

@@ -7,9 +7,13 @@
   (2000), selected with the env variable HYPOTHESIS_PROFILE.
 * The ``slow`` marker is declared in pyproject.toml and again here, so the
   suite also runs from another rootdir.
+* ``MOMKERNELS_TEST_DEADLINE=S``: tests that would start more than S seconds
+  after the session began are skipped, so a time-boxed run (bench/gpu_session.sh)
+  still ends normally and writes its report.
 """
 
 import os
+import time
 
 import torch
 
@@ -28,9 +32,18 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+_DEADLINE = float(os.environ.get("MOMKERNELS_TEST_DEADLINE") or 0)
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: long-running tests, deselected in CI with -m 'not slow'")
+    config._momkernels_start = time.monotonic()
+
+
+def pytest_runtest_setup(item):
+    if _DEADLINE and time.monotonic() - item.config._momkernels_start > _DEADLINE:
+        pytest.skip(f"MOMKERNELS_TEST_DEADLINE: {_DEADLINE:.0f} s spent")
 
 
 @pytest.fixture(autouse=True)

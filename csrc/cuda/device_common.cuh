@@ -216,7 +216,10 @@ __device__ __forceinline__ void state_add(SoftmaxState<acc_t>& s, const acc_t (&
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const acc_t wj = class_weight<acc_t>(r, j0 + k);
-      s.wdev += wj * (s.m - v[k]);
+      // v == m adds 0, also while both are -inf (a pack of -inf logits before
+      // any finite one: -inf - (-inf) would be NaN; the later rescale by
+      // (new_m - (-inf)) wsum makes wdev +inf, PyTorch's value)
+      if (v[k] != s.m) s.wdev += wj * (s.m - v[k]);
       s.wsum += wj;
     }
   }

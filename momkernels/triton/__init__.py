@@ -43,9 +43,10 @@ whose classes are not unit-stride (``expand``-ed, transposed), the in-place
 request is ignored and a new buffer is used.
 
 Targets outside [0, C) that are not ``ignore_index`` are never used as an
-address: their row's loss is NaN (so is any reduced loss containing it) and
-their gradient 0; ``momkernels.mom_cross_entropy(..., check_targets=True)``
-or ``MOMKERNELS_CHECK=1`` raises an IndexError eagerly instead.
+address: their row's loss and gradient row are NaN (so is any reduced loss
+containing the row; docs/SEMANTICS.md S10);
+``momkernels.mom_cross_entropy(..., check_targets=True)`` or
+``MOMKERNELS_CHECK=1`` raises an IndexError eagerly instead.
 
 Forward and backward make no device-to-host synchronisation: valid-token
 counts and the mean's denominator are reduced on the device by a one-program

@@ -116,6 +116,13 @@ if INTERPRET:
         r = tl.exp2(e * tl.log2(tl.where(pos, b, 1.0)))
         return tl.where(pos, r, tl.where(e == 0.0, 1.0, 0.0))
 
+    @triton.jit
+    def _loop_end(n):
+        # The interpreter holds a scalar argument as a 1-element array, and
+        # range() takes it through int(array), which numpy >= 2.4 refuses for
+        # arrays that are not 0-d (triton 3.6): hand range() a Python int.
+        return int(n.handle.data.item())
+
 else:
     from triton.language.extra import libdevice
 
@@ -130,6 +137,10 @@ else:
     @triton.jit
     def _pow(b, e):
         return libdevice.pow(b, e)
+
+    @triton.jit
+    def _loop_end(n):
+        return n
 
 
 @triton.jit
@@ -180,16 +191,21 @@ def _chunk_stats(x, w, cmask, row_ok, SMOOTH: tl.constexpr):
     """Softmax-normaliser parts of one [BLOCK_N, BLOCK_C] chunk relative to its
     own row max cm: (cm, ties, rest) and, for label smoothing, sum_c w_c (cm - x_c)
     (all terms >= 0: no cancellation).  Rows that are not `row_ok` get cm = 0 so
-    that no inf - inf is formed for them."""
+    that no inf - inf is formed for them.  A chunk of only -inf logits (a
+    vocabulary padded with -inf) keeps cm = -inf for the merge but takes its
+    exponentials relative to 0 (exp(-inf - (-inf)) would be NaN): ties = rest =
+    wdev = 0."""
     cm = tl.max(x, 1)
     cm = tl.where(row_ok, cm, 0.0)
-    e = tl.exp(x - cm[:, None])  # masked lanes hold -inf: e = 0
+    cm_safe = tl.where(cm == float("-inf"), 0.0, cm)
+    e = tl.exp(x - cm_safe[:, None])  # masked lanes hold -inf: e = 0
     tie = e == 1.0
     ties = tl.sum(tl.where(tie, 1.0, 0.0), 1)
     rest = tl.sum(tl.where(tie, 0.0, e), 1)
     if SMOOTH:
         x_in = tl.where(cmask, x, cm[:, None])  # masked lanes add (cm - cm) * w = 0
-        wdev = tl.sum((cm[:, None] - x_in) * w[None, :], 1)
+        dev = tl.where(x_in == cm[:, None], 0.0, cm[:, None] - x_in)  # 0, not -inf - (-inf)
+        wdev = tl.sum(dev * w[None, :], 1)
     else:
         wdev = tl.zeros_like(cm)
     return cm, ties, rest, wdev
@@ -251,7 +267,7 @@ def mom_fwd_kernel(
         w = tl.zeros([BLOCK_C], tl.float32)
         wsum = 0.0
     m, ties, rest, wdev = _chunk_stats(x, w, m2, ok, SMOOTH)
-    for c0 in range(BLOCK_C, C, BLOCK_C):
+    for c0 in range(BLOCK_C, _loop_end(C), BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         cmask = cols < C
         m2 = ok[:, None] & cmask[None, :]
@@ -336,7 +352,7 @@ def mom_reduce_kernel(
     acc_v = tl.zeros([BLOCK], tl.float64)
     acc_o = tl.zeros([BLOCK], tl.float64)
     acc_d = tl.zeros([BLOCK], tl.float64)
-    for p0 in range(0, num_partials, BLOCK):
+    for p0 in range(0, _loop_end(num_partials), BLOCK):
         offs = p0 + tl.arange(0, BLOCK)
         pm = offs < num_partials
         acc_v += tl.load(partial_ptr + offs * 3, mask=pm, other=0.0)
@@ -449,7 +465,7 @@ def mom_bwd_kernel(
     g_y = tl.where(live, g_y, 0.0)
 
     dx_base = dx_ptr + rows * stride_dn
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in range(0, _loop_end(C), BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         cmask = cols < C
         cols64 = cols.to(tl.int64)

@@ -23,16 +23,32 @@ another backend).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Optional
 
 import torch
 import triton
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 from torch.types import Number
 
 from ..reference import mom_norm_args
 from . import kernels as K
+# The kernels by plain name, launched as ``wrap_triton(mom_fwd_kernel)``: the
+# only form in which torch finds a triton_op's kernels (torch/_library/triton.py,
+# get_inner_triton_kernels) to put their source into the torch.compile cache
+# key -- with ``K.mom_fwd_kernel`` an edited kernel could reuse stale code.
+from .kernels import mom_bwd_kernel, mom_fwd_kernel, mom_reduce_kernel
+
+if K.INTERPRET:
+    def wrap_triton(kernel):
+        """Under the interpreter the ops are opaque custom ops (see ``_operator``)
+        and launch the ``InterpretedFunction`` kernels directly: torch 2.11's
+        ``wrap_triton`` rejects them (later versions return them unwrapped)."""
+        return kernel
+else:
+    from torch.library import wrap_triton
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -68,6 +84,18 @@ def _class_weights(weight: Optional[Tensor]) -> Optional[Tensor]:
     return None if weight is None else weight.to(torch.float32).contiguous()
 
 
+def _on_device(fn):
+    """``fn`` run with the current CUDA device set to its first argument's.
+    Triton launches on the current device, not on the tensors' one (logits on
+    cuda:1 while cuda:0 is current, as under Hugging Face's device_map="auto")."""
+    @functools.wraps(fn)  # torch reads the schema and the kernels from fn itself
+    def run(first: Tensor, *args, **kwargs):
+        with torch.cuda.device(first.device) if first.is_cuda else contextlib.nullcontext():
+            return fn(first, *args, **kwargs)
+
+    return run
+
+
 def _operator(name: str, *, mutates_args: tuple[str, ...], fake):
     """Define the operator ``name`` from the decorated function.
 
@@ -82,6 +110,7 @@ def _operator(name: str, *, mutates_args: tuple[str, ...], fake):
     so ``opcheck`` and ``torch.compile(fullgraph=True)`` still run on CPU.
     """
     def define(fn):
+        fn = _on_device(fn)
         if K.INTERPRET:
             op = torch.library.custom_op(name, fn, mutates_args=mutates_args)
             op.register_fake(fake)
@@ -135,7 +164,7 @@ def triton_mom_loss_fwd(
     partials = input.new_empty((num_programs, 3), dtype=torch.float64)
     w32 = _class_weights(weight)
     if N > 0:
-        wrap_triton(K.mom_fwd_kernel)[(num_programs,)](
+        wrap_triton(mom_fwd_kernel)[(num_programs,)](
             input, target, w32, out, stats, partials, coef,
             N, C, input.stride(0), input.stride(1), target.stride(0),
             o_index, ignore_index, lam, lam + (1.0 - lam),
@@ -143,7 +172,7 @@ def triton_mom_loss_fwd(
             LOSS=K.LOSS_KINDS[loss], HAS_WEIGHT=weight is not None,
             SMOOTH=label_smoothing > 0, WRITE_NONE=none,
             BLOCK_N=block_n, BLOCK_C=block_c, num_warps=warps)
-    wrap_triton(K.mom_reduce_kernel)[(1,)](
+    wrap_triton(mom_reduce_kernel)[(1,)](
         partials, out, coef, num_programs, mom_denom if mom_norm == "fixed" else N,
         lam, 1.0 - lam, REDUCTION=K.REDUCTIONS[reduction], ROWS_NORM=mom_norm != "valid",
         HAS_A=lam != 0.0, HAS_B=lam != 1.0, BLOCK=K.REDUCE_BLOCK, num_warps=4)
@@ -158,7 +187,7 @@ def _launch_backward(grad, input, target, weight, stats, coef, o_index, ignore_i
     block_n, block_c, warps = K.launch_config(C)
     w32 = _class_weights(weight)
     per_row = grad.dim() == 1
-    wrap_triton(K.mom_bwd_kernel)[(triton.cdiv(N, block_n),)](
+    wrap_triton(mom_bwd_kernel)[(triton.cdiv(N, block_n),)](
         grad, input, target, w32, stats, coef, dx,
         N, C, input.stride(0), input.stride(1), target.stride(0),
         grad.stride(0) if per_row else 0, dx.stride(0), dx.stride(1),

@@ -160,6 +160,12 @@ def main():
             continue
         N = 37 if C <= 128 else 3
         cases.append((N, C, dtype, layout, {}, 0.3, "mean", "valid", False, torch.int64))
+    # every lane-group size of the small-C path (launch.h small_group: G = 2 for
+    # C = 5..8, 8 for 17..32, 32 for 65..128) and the switch at C = 128 / 129
+    for C, dtype in itertools.product([6, 7, 8, 24, 31, 32, 65, 127],
+                                      [torch.bfloat16, torch.float32]):
+        cases.append((301, C, dtype, "contig", {"label_smoothing": 0.05}, 0.3, "mean", "valid",
+                      True, torch.int64))
     # options x reductions x lam (fp32)
     opts_list = [{}, {"loss": "focal"}, {"loss": "focal", "gamma": 0.0}, {"loss": "dice"},
                  {"loss": "dice", "dice_alpha": 0.0}, {"label_smoothing": 0.1},
