@@ -60,7 +60,7 @@ def test_check_passes_with_the_other_cpu_kernels(isa):
 def test_check_passes_for_cpp():
     r = _run("check", "--backend", "cpp")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "cpp on cpu: 576 cases" in r.stdout and ": OK" in r.stdout
+    assert "cpp on cpu: 720 cases" in r.stdout and ": OK" in r.stdout
 
 
 def test_unloadable_extension_gives_a_clear_error(monkeypatch):

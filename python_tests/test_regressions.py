@@ -202,7 +202,7 @@ def test_triton_launches_on_the_logits_device(monkeypatch):
         t = torch.zeros(4, dtype=torch.int64, device=cuda1)
         opts = (0, -100, "ce", 2.0, 1.0, 0.01, 0.0)
         out, stats, coef = tops.triton_mom_loss_fwd._init_fn(
-            x, t, None, 0.5, *opts, "mean", "valid", False)
+            x, t, None, 0.5, *opts, "mean", "valid", 0, False)
         tops.triton_mom_loss_bwd._init_fn(torch.ones((), device=cuda1), x, t, None, stats, coef,
                                           *opts)
         tops.triton_mom_loss_bwd_inplace._init_fn(torch.ones((), device=cuda1), x, t, None, stats,
