@@ -78,3 +78,49 @@ def test_unloadable_extension_gives_a_clear_error(monkeypatch):
         momkernels.mom_cross_entropy(x, t, 0.5, backend="cpp")
     torch.testing.assert_close(momkernels.cross_entropy(x, t),
                                torch.nn.functional.cross_entropy(x, t))
+
+
+# ------------------------------------------------------------- the torch we support
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_min_torch_is_declared_the_same_everywhere():
+    """momkernels.MIN_TORCH (the import check, and setup.py's build check, which
+    reads it) is what pyproject.toml declares and what CI's oldest environment installs."""
+    import re
+
+    need = ".".join(map(str, momkernels.MIN_TORCH))
+    with open(os.path.join(REPO, "pyproject.toml")) as f:
+        assert re.search(r'^dependencies = \["torch>=([\d.]+)"\]', f.read(), re.M).group(1) == need
+    with open(os.path.join(REPO, ".ci", "run")) as f:
+        assert re.search(r"^OLDEST_TORCH=torch==([\d.]+)$", f.read(), re.M).group(1) == need + ".0"
+
+
+@pytest.mark.parametrize("version,ok", [
+    ("2.11.0+cu130", True), ("2.11.0", True), ("2.14.1+cpu", True), ("3.0.0", True),
+    ("2.10.2", False), ("2.9.1", False), ("1.13.1", False), ("nonsense", False)])
+def test_torch_version_check(version, ok):
+    if ok:
+        momkernels._check_torch_version(version)
+    else:
+        with pytest.raises(ImportError, match=rf"needs torch >= 2\.11, found torch {version}:"):
+            momkernels._check_torch_version(version)
+
+
+def test_import_with_an_unsupported_torch_says_so():
+    code = "import torch; torch.__version__ = '2.10.0'; import momkernels"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=PKG_PARENT), timeout=120,
+                       cwd=os.path.abspath(os.sep))
+    assert r.returncode == 1
+    assert "ImportError: momkernels needs torch >= 2.11, found torch 2.10.0" in r.stderr, r.stderr
+
+
+def test_build_with_an_unsupported_torch_says_so():
+    code = ("import runpy, sys, torch; torch.__version__ = '2.10.0'; "
+            "sys.argv = ['setup.py', '--version']; runpy.run_path('setup.py', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=REPO)
+    assert r.returncode == 1
+    assert "momkernels needs torch >= 2.11 to build, found torch 2.10.0" in r.stderr, r.stderr
