@@ -124,3 +124,52 @@ def test_build_with_an_unsupported_torch_says_so():
                        cwd=REPO)
     assert r.returncode == 1
     assert "momkernels needs torch >= 2.11 to build, found torch 2.10.0" in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------- the README's main command
+
+
+def test_readme_bench_command_from_the_repo_root():
+    """`.venv/bin/python -m momkernels bench`, run from the repository root as the
+    README says, imports the checkout's ./momkernels: it must measure the compiled
+    kernels (tools/bootstrap.sh builds them in place), write to the untracked
+    runs/bench, and keep the profiler's log lines out of the terminal.  Shortened
+    with --quick and one small shape; --tag keeps a user's own runs/bench files."""
+    import csv
+
+    tag = "test_readme_bench_command"
+    e = {k: v for k, v in os.environ.items()
+         if k not in ("PYTHONPATH", "TRITON_INTERPRET", "KINETO_LOG_LEVEL")}
+    r = subprocess.run([sys.executable, "-m", "momkernels", "bench", "--quick", "--shapes", "512x9",
+                        "--no-compile", "--tag", tag], capture_output=True, text=True, env=e,
+                       timeout=600, cwd=REPO)
+    out = os.path.join(REPO, "runs", "bench")
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "USDT" not in r.stdout + r.stderr and "profiler_start" not in r.stderr, r.stderr
+        assert f"wrote {os.path.join('runs', 'bench', tag)}.csv" in r.stdout, r.stdout
+        with open(os.path.join(out, f"{tag}.csv")) as f:
+            measured = {(row["competitor"], row["mode"]) for row in csv.DictReader(f)}
+        assert {("cpp", m) for m in ("fwd", "bwd", "fwd+bwd")} <= measured, measured
+        with open(os.path.join(out, f"{tag}.md")) as f:
+            assert "| eager | cpp | torch |" in f.read()
+    finally:  # what it wrote ("wrote A and B", "wrote C"), wherever that was
+        for line in r.stdout.splitlines():
+            for path in line[len("wrote "):].split(" and ") if line.startswith("wrote ") else ():
+                if path.endswith(tag + os.path.splitext(path)[1]):
+                    os.remove(os.path.join(REPO, path))
+
+
+def test_bench_exits_nonzero_when_a_backend_cannot_load(monkeypatch, capsys):
+    from momkernels import __main__ as cli, benchmark
+
+    monkeypatch.setattr(ops, "_load_error",
+                        "momkernels' C++ extension (momkernels._C) could not be loaded: "
+                        "No module named 'momkernels._C'")
+    monkeypatch.setattr(benchmark, "run", lambda *a, **k: pytest.fail("measured without cpp"))
+    assert cli.main(["bench", "--device", "cpu", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot measure backend 'cpp' on cpu" in err and "No module named" in err, err
+    assert cli.main(["bench", "--device", "cpu", "--backends", "cpp", "torch"]) == 2
+    # asking only for what loads measures it
+    assert benchmark._unloadable_backends("cpu", ["torch"]) == {}
