@@ -11,9 +11,9 @@ import torch
 import momkernels
 from momkernels import functional, ops
 
-# The subprocess must import the same momkernels as this process (the installed
-# one in CI, the source tree with an in-place build in development): put its
-# parent first on the path and run from a neutral directory.
+# The subprocess must import the same momkernels as this process (the checkout
+# with its in-place build in .venv's editable install, the installed one in CI's
+# .venv-oldest): put its parent first on the path and run from a neutral directory.
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(momkernels.__file__)))
 
 
