@@ -14,6 +14,7 @@ would compile against a different torch wheel and fail to load.
 import glob
 import os
 import platform
+import re
 
 from setuptools import find_packages, setup
 
@@ -28,6 +29,21 @@ except ImportError as e:  # pragma: no cover - build-time message
     )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def min_torch() -> tuple[int, int]:
+    """momkernels.MIN_TORCH, read from the source (importing the package needs the build)."""
+    with open(os.path.join(HERE, "momkernels", "__init__.py")) as f:
+        m = re.search(r"^MIN_TORCH = \((\d+), (\d+)\)", f.read(), re.M)
+    return int(m.group(1)), int(m.group(2))
+
+
+_found = re.match(r"(\d+)\.(\d+)", str(torch.__version__))
+if _found is None or (int(_found.group(1)), int(_found.group(2))) < min_torch():
+    raise SystemExit(
+        f"momkernels needs torch >= {'.'.join(map(str, min_torch()))} to build, found torch "
+        f"{torch.__version__}: upgrade torch first, then run\n"
+        "    pip install --no-build-isolation .")
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 # The CPU kernels are compiled once per instruction set, each file with its own

@@ -263,6 +263,11 @@ def _cpu_peak_extra(step: Callable[[], None], grad_ptr: Callable[[], Optional[in
     """Peak of live allocator bytes during ``step`` minus its gradient's allocation."""
     from torch.profiler import ProfilerActivity, profile
 
+    # Kineto, the profiler's backend, logs "USDT: ... profiler_start/stop" (and, on a
+    # machine without a GPU, a "gpuGetDeviceCount failed" ERROR) to stderr at every
+    # profile: read when the profiler first starts, level 6 silences it
+    # (KINETO_LOG_LEVEL=0 in the environment shows everything).
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     events = _cpu_allocations(prof)
@@ -413,6 +418,19 @@ def _print_row(row: Row) -> None:
           f"{row.competitor:>8} {row.mode:>7}: {row.median_ms:9.3f} ms "
           f"[{row.p25_ms:.3f}, {row.p75_ms:.3f}]  x{row.speedup_vs_eager:5.1f} vs eager{mem}",
           flush=True)
+
+
+def _unloadable_backends(device: str, asked: Optional[list[str]]) -> dict[str, str]:
+    """{backend: why it cannot run} for the momkernels backends a run must measure:
+    ``asked`` (--backends), else the device's compiled ones (backend="auto"'s
+    candidates: cpp on CPU; cpp and triton on CUDA), so that a benchmark of the
+    product never quietly leaves the product out."""
+    from momkernels.functional import _AUTO_ORDER, _unavailable_reason
+
+    dev = torch.device(device)
+    wanted = asked or _AUTO_ORDER.get(dev.type, ())
+    reasons = {b: _unavailable_reason(b, dev) for b in wanted}
+    return {b: why for b, why in reasons.items() if why is not None}
 
 
 def run(args, cases: Optional[list[tuple[str, int, int, str, float]]] = None) -> list[Row]:
@@ -694,7 +712,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--lams", nargs="+", type=float, help="default 0.175")
     p.add_argument("--modes", nargs="+", choices=["fwd", "bwd", "fwd+bwd"],
                    help="default all three (--sweep: fwd+bwd)")
-    p.add_argument("--backends", nargs="+", help="momkernels backends (default: all available)")
+    p.add_argument("--backends", nargs="+", choices=["cpp", "triton", "torch"],
+                   help="momkernels backends (default: all available; the device's compiled "
+                        "ones, cpp on CPU and cpp, triton on CUDA, must load)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile competitor")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--reps", type=int, help="samples per measurement (default 30; --quick 3)")
@@ -705,7 +725,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="CPU: stop a measurement after this long once it has 3 samples "
                         "(default: no limit; --quick 1)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
-    p.add_argument("--out", default=None, help="output folder (default: docs/bench)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: runs/bench; bench/run_cpu_suite.sh writes "
+                        "docs/bench with --out docs/bench)")
     p.add_argument("--tag", default=None, help="output file stem")
     p.add_argument("--plot-only", metavar="CSV", help="only draw the PNG of an existing CSV "
                    "(a sweep's CSV, named *_vs_N.csv / *_vs_C.csv, gets the sweep plot)")
@@ -748,9 +770,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.shapes = args.shapes or (QUICK_SHAPES if args.quick else HEADLINE_SHAPES)
     args.losses = args.losses or ["ce"]
     args.lams = args.lams or [0.175]
+    missing = _unloadable_backends(args.device, args.backends)
+    if missing:
+        print("python -m momkernels bench: cannot measure "
+              + "; ".join(f"backend {b!r} on {args.device}:\n{why}" for b, why in missing.items())
+              + f"\n(momkernels was imported from {os.path.dirname(os.path.abspath(__file__))}; "
+              "in a checkout, `bash tools/bootstrap.sh` builds it in place. --backends "
+              "names the backends to measure)", file=sys.stderr)
+        return 2
     t_start = time.perf_counter()
     rows = run(args, cases)
-    out = args.out or os.path.join("docs", "bench")
+    out = args.out or os.path.join("runs", "bench")
     dtag = "_".join(args.dtypes)
     tag = args.tag or (f"{args.device}_full" if args.full else
                        f"{args.device}_{dtag}{'_quick' if args.quick else ''}")

@@ -11,9 +11,9 @@ import torch
 import momkernels
 from momkernels import functional, ops
 
-# The subprocess must import the same momkernels as this process (the installed
-# one in CI, the source tree with an in-place build in development): put its
-# parent first on the path and run from a neutral directory.
+# The subprocess must import the same momkernels as this process (the checkout
+# with its in-place build in .venv's editable install, the installed one in CI's
+# .venv-oldest): put its parent first on the path and run from a neutral directory.
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(momkernels.__file__)))
 
 
@@ -78,3 +78,98 @@ def test_unloadable_extension_gives_a_clear_error(monkeypatch):
         momkernels.mom_cross_entropy(x, t, 0.5, backend="cpp")
     torch.testing.assert_close(momkernels.cross_entropy(x, t),
                                torch.nn.functional.cross_entropy(x, t))
+
+
+# ------------------------------------------------------------- the torch we support
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_min_torch_is_declared_the_same_everywhere():
+    """momkernels.MIN_TORCH (the import check, and setup.py's build check, which
+    reads it) is what pyproject.toml declares and what CI's oldest environment installs."""
+    import re
+
+    need = ".".join(map(str, momkernels.MIN_TORCH))
+    with open(os.path.join(REPO, "pyproject.toml")) as f:
+        assert re.search(r'^dependencies = \["torch>=([\d.]+)"\]', f.read(), re.M).group(1) == need
+    with open(os.path.join(REPO, ".ci", "run")) as f:
+        assert re.search(r"^OLDEST_TORCH=torch==([\d.]+)$", f.read(), re.M).group(1) == need + ".0"
+
+
+@pytest.mark.parametrize("version,ok", [
+    ("2.11.0+cu130", True), ("2.11.0", True), ("2.14.1+cpu", True), ("3.0.0", True),
+    ("2.10.2", False), ("2.9.1", False), ("1.13.1", False), ("nonsense", False)])
+def test_torch_version_check(version, ok):
+    if ok:
+        momkernels._check_torch_version(version)
+    else:
+        with pytest.raises(ImportError, match=rf"needs torch >= 2\.11, found torch {version}:"):
+            momkernels._check_torch_version(version)
+
+
+def test_import_with_an_unsupported_torch_says_so():
+    code = "import torch; torch.__version__ = '2.10.0'; import momkernels"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=PKG_PARENT), timeout=120,
+                       cwd=os.path.abspath(os.sep))
+    assert r.returncode == 1
+    assert "ImportError: momkernels needs torch >= 2.11, found torch 2.10.0" in r.stderr, r.stderr
+
+
+def test_build_with_an_unsupported_torch_says_so():
+    code = ("import runpy, sys, torch; torch.__version__ = '2.10.0'; "
+            "sys.argv = ['setup.py', '--version']; runpy.run_path('setup.py', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=REPO)
+    assert r.returncode == 1
+    assert "momkernels needs torch >= 2.11 to build, found torch 2.10.0" in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------- the README's main command
+
+
+def test_readme_bench_command_from_the_repo_root():
+    """`.venv/bin/python -m momkernels bench`, run from the repository root as the
+    README says, imports the checkout's ./momkernels: it must measure the compiled
+    kernels (tools/bootstrap.sh builds them in place), write to the untracked
+    runs/bench, and keep the profiler's log lines out of the terminal.  Shortened
+    with --quick and one small shape; --tag keeps a user's own runs/bench files."""
+    import csv
+
+    tag = "test_readme_bench_command"
+    e = {k: v for k, v in os.environ.items()
+         if k not in ("PYTHONPATH", "TRITON_INTERPRET", "KINETO_LOG_LEVEL")}
+    r = subprocess.run([sys.executable, "-m", "momkernels", "bench", "--quick", "--shapes", "512x9",
+                        "--no-compile", "--tag", tag], capture_output=True, text=True, env=e,
+                       timeout=600, cwd=REPO)
+    out = os.path.join(REPO, "runs", "bench")
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "USDT" not in r.stdout + r.stderr and "profiler_start" not in r.stderr, r.stderr
+        assert f"wrote {os.path.join('runs', 'bench', tag)}.csv" in r.stdout, r.stdout
+        with open(os.path.join(out, f"{tag}.csv")) as f:
+            measured = {(row["competitor"], row["mode"]) for row in csv.DictReader(f)}
+        assert {("cpp", m) for m in ("fwd", "bwd", "fwd+bwd")} <= measured, measured
+        with open(os.path.join(out, f"{tag}.md")) as f:
+            assert "| eager | cpp | torch |" in f.read()
+    finally:  # what it wrote ("wrote A and B", "wrote C"), wherever that was
+        for line in r.stdout.splitlines():
+            for path in line[len("wrote "):].split(" and ") if line.startswith("wrote ") else ():
+                if path.endswith(tag + os.path.splitext(path)[1]):
+                    os.remove(os.path.join(REPO, path))
+
+
+def test_bench_exits_nonzero_when_a_backend_cannot_load(monkeypatch, capsys):
+    from momkernels import __main__ as cli, benchmark
+
+    monkeypatch.setattr(ops, "_load_error",
+                        "momkernels' C++ extension (momkernels._C) could not be loaded: "
+                        "No module named 'momkernels._C'")
+    monkeypatch.setattr(benchmark, "run", lambda *a, **k: pytest.fail("measured without cpp"))
+    assert cli.main(["bench", "--device", "cpu", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot measure backend 'cpp' on cpu" in err and "No module named" in err, err
+    assert cli.main(["bench", "--device", "cpu", "--backends", "cpp", "torch"]) == 2
+    # asking only for what loads measures it
+    assert benchmark._unloadable_backends("cpu", ["torch"]) == {}
