@@ -1071,7 +1071,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wce2-beta", type=float, default=1.0, help="beta of the wce2 weights")
     p.add_argument("--backend", default="auto", help="momkernels backend: auto|cpp|torch|triton")
     p.add_argument("--seeds", default="0,1")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=4,
+                   help="4: with 2, MoM (paper norm) predicted O everywhere on WNUT-17 (README)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--max-grad-norm", type=float, default=1.0,
