@@ -58,6 +58,20 @@ def valid_rows(target: Tensor, ignore_index: int) -> Tensor:
     return target != ignore_index
 
 
+def valid_denominator(target: Tensor, weight: Optional[Tensor], ignore_index: int) -> Tensor:
+    """D of the mean on this process: the number of valid targets, or
+    sum of w_y over them with class weights (PyTorch's weighted-mean
+    denominator).  Detached, float32 (float64 for float64 weights), on
+    ``target``'s device."""
+    t = target.reshape(-1)
+    valid = valid_rows(t, ignore_index)
+    if weight is None:
+        return valid.sum().to(torch.float32)
+    safe = torch.where(valid, t, torch.zeros_like(t)).long()
+    dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    return (weight.detach().to(device=t.device, dtype=dt)[safe] * valid.to(dt)).sum()
+
+
 def mom_norm_args(mom_norm) -> tuple:
     """The operators' form of a validated ``mom_norm``: ("valid" | "rows", 0)
     for the names, ("fixed", number) for a number (docs/spec.md).  The number

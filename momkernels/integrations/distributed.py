@@ -45,7 +45,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..functional import _check_mom_norm, mom_cross_entropy
-from ..reference import valid_rows
+from ..reference import valid_denominator, valid_rows
 
 __all__ = ["global_denominator", "global_mean_mom_cross_entropy", "world_size"]
 
@@ -63,17 +63,9 @@ def global_denominator(target: Tensor, weight: Optional[Tensor] = None, *,
     all-reduced (SUM) over ``group``.  Returned detached, float32 (float64 if
     ``weight`` is float64), on ``target``'s device.  ``with_rows=True``
     returns (D, global number of rows) from the same all_reduce."""
-    t = target.reshape(-1)
-    valid = valid_rows(t, ignore_index)
-    if weight is None:
-        d = valid.sum().to(torch.float32)
-    else:
-        safe = torch.where(valid, t, torch.zeros_like(t)).long()
-        dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
-        d = (weight.detach().to(dt)[safe] * valid.to(dt)).sum()
-    d = d.detach().clone()
+    d = valid_denominator(target, weight, ignore_index).clone()
     if with_rows:
-        d = torch.stack([d, torch.full_like(d, t.numel())])
+        d = torch.stack([d, torch.full_like(d, target.numel())])
     if world_size(group) > 1:
         dist.all_reduce(d, op=dist.ReduceOp.SUM, group=group)
     return d

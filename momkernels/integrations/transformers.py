@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from ..functional import mom_cross_entropy
-from ..reference import valid_rows
+from ..reference import valid_denominator
 
 PAPER_PADDED_LENGTH = 128  # M of the paper's experiments
 
@@ -98,12 +98,7 @@ def mom_token_classification_loss(logits: Tensor, labels: Tensor, num_items_in_b
                                   **mom_kwargs)
         if num_items_in_batch is None:
             return paper
-        w = mom_kwargs.get("weight")
-        share = valid_rows(y, ignore_index)
-        if w is not None:
-            share = torch.where(share, w.to(x.device)[torch.where(share, y, 0)], 0).sum()
-        else:
-            share = share.sum()
+        share = valid_denominator(y, mom_kwargs.get("weight"), ignore_index)
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(paper.device)
         # a micro-batch without label tokens adds 0 (its mean is 0/0)
