@@ -8,10 +8,9 @@
 # Run it on a quiet machine (nothing else using the CPU): every timing is a
 # median, but on a 2-core VM another busy process moves medians by 10x.
 #
-# Estimated wall time on the 2-core development VM (Xeon AVX-512, 24 GiB),
-# quiet, as logged in docs/bench/suite_log.txt on 2026-11-29: headline 162 s,
-# nocache 28 s, full 651 s, sweepN 20 s, sweepC 144 s, floor 7 s: ~17 min in
-# all.  To fit ~30 min the grid
+# Wall time of each step on the 2-core development VM (Xeon AVX-512, 24 GiB),
+# quiet: see docs/bench/suite_log.txt, which this script writes (summed up in
+# docs/bench/README.md).  To fit ~30 min the grid
 # (`full`) uses fewer repetitions than the headline run (>= 10 samples or
 # 0.2 s per measurement, at most 1.5 s once 3 samples are in), leaves out
 # momkernels' `torch` reference backend (an oracle, not a contender: it is in

@@ -5,7 +5,8 @@ softmax cross-entropy, as torch custom operators (C++/CUDA) and Triton kernels.
     loss = momkernels.mom_cross_entropy(logits, labels, lam=0.175, o_index=o_id)
     loss = momkernels.cross_entropy(logits, labels)   # == F.cross_entropy
 
-See docs/spec.md for the exact loss and README.md for backends and numbers.
+See docs/spec.md for the exact loss, README.md for backends and docs/bench/README.md
+for measurements.
 """
 
 # The oldest torch momkernels is built and tested with (CI's second environment,

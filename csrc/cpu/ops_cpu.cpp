@@ -43,8 +43,8 @@ namespace {
 
 // Gradient buffers of large inputs are recycled.  Writing a fresh multi-MB
 // buffer costs page faults and the kernel's zeroing of every page on first
-// touch (docs/bench/cpu_analysis.md: 116.6 ms to write 524 MB into fresh
-// memory, 32.8 ms into mapped memory), and in a training loop the previous
+// touch (measured against mapped memory in docs/bench/cpu_analysis.md, "the
+// memory floor"; see also docs/bench/README.md), and in a training loop the previous
 // step's gradient of the same size has been freed by the time the next
 // backward runs.  So the backward's output of >= kCacheMinBytes comes from a
 // small cache of freed blocks: at most kCacheBlocks blocks and kCacheMaxBytes
@@ -105,9 +105,8 @@ class GradBufferCache {
 };
 
 // Work per parallel task, in logits elements, so that tiny inputs stay on one
-// thread (thread wake-up costs more than they do).  16K: measured at C = 9,
-// 2 threads, fwd+bwd: 4096 rows 0.069 -> 0.054 ms and 2048 rows 0.050 ->
-// 0.045 ms against 64K; 1024 rows (one task either way) unchanged.
+// thread (thread wake-up costs more than they do).  16K rather than 64K: the
+// measurement is in docs/bench/README.md, "Measurements quoted by the code".
 constexpr int64_t kTaskElems = 16384;
 
 Common make_common(const at::Tensor& input, const at::Tensor& target, const at::Tensor& w,
@@ -185,7 +184,8 @@ double global_factor(Reduction red, MoMNorm norm, double lam, double denom, doub
 
 // Number of rows with a valid target (not ignore_index, in [0, C)): the
 // unweighted mean's denominator, known before the kernel runs.  A branch-free
-// loop over the targets (about 1 us for an 8192-row NER batch).
+// loop over the targets (its cost at the NER shape: docs/bench/README.md,
+// "Measurements quoted by the code").
 template <typename tgt_t>
 int64_t count_valid_span(const tgt_t* t, int64_t n, int64_t sT, int64_t C, int64_t ignore) {
   int64_t k = 0;
