@@ -1,4 +1,4 @@
-// Per-row math of the MoM loss family (SPEC.md), shared by the C++ CPU kernels
+// Per-row math of the MoM loss family (docs/spec.md), shared by the C++ CPU kernels
 // and the CUDA kernels. Header-only, no torch includes: usable from host and
 // device code and from the plain C++ unit test in csrc/tests.
 //

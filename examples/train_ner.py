@@ -2,7 +2,7 @@
 """Fine-tune a BERT model for named-entity recognition with momkernels' losses.
 
     python examples/train_ner.py                      # WNUT-17 (bundled), all-MiniLM-L6-v2
-    python examples/train_ner.py --data ../shared/data/conll2003 --losses ce,mom --seeds 0,1,2
+    python examples/train_ner.py --data path/to/conll2003 --losses ce,mom --seeds 0,1,2
     torchrun --nproc_per_node=2 examples/train_ner.py --losses ce,mom   # DDP (gloo on CPU)
 
 Data (``--data DIR``): CoNLL-style column files -- one token per line, the tag in

@@ -7,7 +7,7 @@ gradient (and the value for float16/bfloat16) is compared with PyTorch on the
 float64 upcast of the same logits: PyTorch's own float32 gradient forms
 p_y - 1 by cancellation (~1e-7 absolute error, large relative error when p_y is
 near 1, where momkernels is more accurate), and its float16/bfloat16 CPU kernel
-rounds intermediate log-probabilities to the low-precision dtype while SPEC.md
+rounds intermediate log-probabilities to the low-precision dtype while docs/spec.md
 says the math is float32.  Tolerances are the dtype's (helpers.py).
 """
 

@@ -193,7 +193,7 @@ def test_nd_input_and_upstream(backend, C, gen):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
 def test_huge_vocabulary(backend, dtype, gen):
-    """C = 262,144 (the SPEC's minimum maximum)."""
+    """C = 262,144 (docs/spec.md's minimum maximum)."""
     x = cuda_logits(3, 262144, dtype, gen=gen)
     t = torch.tensor([0, 262143, 131071], device=DEV)
     check(x, t, backend=backend, lam=0.5, reduction="sum", name=f"{backend} C=262144")

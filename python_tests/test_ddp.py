@@ -86,7 +86,7 @@ def _worker(rank, port, out_dir):
         for name in tuple(LOSSES) + ("naive-mom", "naive-paper"):
             ddp.zero_grad(set_to_none=True)
             logits = ddp(input_ids=ids, attention_mask=mask).logits
-            if name == "naive-mom":  # per-rank mean: what SPEC's reduction="mean" gives
+            if name == "naive-mom":  # per-rank mean: what docs/spec.md's reduction="mean" gives
                 import momkernels
                 loss = momkernels.mom_cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                     lab.reshape(-1), LAM, o_index=0)

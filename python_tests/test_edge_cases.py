@@ -1,5 +1,5 @@
 """Ignored rows, all-ignored and empty batches, confident (p_y -> 1) rows in
-bfloat16, saturated rows, infinite logits, and identities of SPEC.md that do
+bfloat16, saturated rows, infinite logits, and identities of docs/spec.md that do
 not need the oracle (gamma = 0 focal is CE, lam = 1 is cross-entropy, MoM with
 mom_norm="valid" is a per-row re-weighting)."""
 
@@ -344,7 +344,7 @@ def test_large_logits(backend, dtype, gen):
     check_against_oracle(x, t, backend=backend, lam=0.5, reduction="sum")
 
 
-# ------------------------------------------------------------- SPEC identities
+# -------------------------------------------------------- docs/spec.md identities
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -364,7 +364,7 @@ def test_focal_gamma0_is_ce(backend, reduction, gen):
 
 @pytest.mark.parametrize("backend", backend_params())
 def test_mom_is_row_reweighting_of_f_cross_entropy(backend, gen):
-    """SPEC.md written out with F.cross_entropy only (independent of reference.py):
+    """docs/spec.md written out with F.cross_entropy only (independent of reference.py):
     mean + mom_norm="valid" is sum_i c_i w_{y_i} l_i / D with c_i = 1 on O rows
     and lam elsewhere; mom_norm="rows" divides the O part by N, a number K by
     K; sum is
@@ -397,7 +397,7 @@ def test_mom_is_row_reweighting_of_f_cross_entropy(backend, gen):
 
 @pytest.mark.parametrize("backend", backend_params())
 def test_focal_and_dice_from_spec_formulas(backend, gen):
-    """focal and dice per-row values straight from SPEC.md's table, in float64."""
+    """focal and dice per-row values straight from docs/spec.md's table, in float64."""
     N, C = 31, 6
     x = make_logits((N, C), torch.float64, gen=gen).detach()
     t = make_targets((N,), C, gen=gen, kind="none_ignored")

@@ -1,4 +1,4 @@
-"""Bad input gets a clear error naming the argument (SPEC.md, "Bad input"),
+"""Bad input gets a clear error naming the argument (docs/spec.md §8, "Errors"),
 raised before any kernel runs, for every backend; out-of-range targets on CPU
 raise IndexError like PyTorch's."""
 
@@ -233,7 +233,7 @@ def test_out_of_range_target_index_error(backend, name, t, reduction):
     """On CPU, IndexError like F.cross_entropy (the cpp kernel raises it itself,
     the torch backend checks first).  Triton under TRITON_INTERPRET=1 emulates
     the GPU kernels, so it behaves as on a GPU: no out-of-bounds access, the
-    row's loss is NaN (SPEC); the eager check is the way to get an error."""
+    row's loss is NaN (docs/spec.md); the eager check is the way to get an error."""
     with pytest.raises(IndexError, match=r"out of bounds"):
         torch.nn.functional.cross_entropy(_x(), t.long(), reduction=reduction)
     if backend in INTERPRETED:

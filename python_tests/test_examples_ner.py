@@ -287,7 +287,7 @@ def test_reproduce_paper_resume_keeps_every_command_and_seed(tn, rp, tmp_path):
     assert json.loads((out / "meta.json").read_text())["notes"] == ["a test note."]
 
 
-# ------------------------------------------------------------------ warnings (issue 12, item 4)
+# ------------------------------------------------------------------ warnings on unsuitable data
 
 CLEAN = [(["John", "lives", "in", "New", "York"], ["B-PER", "O", "O", "B-LOC", "I-LOC"]),
          (["The", "EU", "said", "no"], ["O", "B-ORG", "O", "O"]),

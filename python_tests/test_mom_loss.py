@@ -198,7 +198,7 @@ def test_pairwise_covers_the_issue_list():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("backend", backend_params())
 def test_vocabulary_sized_rows(backend, dtype, gen):
-    """C = 262,144 (SPEC: "up to at least"), LM-vocabulary rows, with smoothing."""
+    """C = 262,144 (docs/spec.md: "up to at least"), LM-vocabulary rows, with smoothing."""
     N, C = 2, 262_144
     x = make_logits((N, C), dtype, gen=gen)
     t = torch.tensor([5, C - 1])

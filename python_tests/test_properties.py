@@ -84,7 +84,7 @@ TRITON_MAX_C = 16385
 @st.composite
 def large_c_problems(draw, max_c=70001):
     """Few rows (N = 0 ... 4, or one (C,) row with a 0-dim target), any C in
-    1 ... max_c: every SPEC option, both target dtypes, 0 / 50 / 100 % ignored."""
+    1 ... max_c: every docs/spec.md option, both target dtypes, 0 / 50 / 100 % ignored."""
     C = draw(st.sampled_from([c for c in BOUNDARY_C if c <= max_c]) | st.integers(1, max_c))
     one_d = draw(st.booleans()) if draw(st.integers(0, 4)) == 0 else False
     N = 1 if one_d else draw(st.integers(0, 4))

@@ -1,5 +1,5 @@
 """The Triton backend (momkernels/triton): values and gradients against the
-float64 oracle for every SPEC option in both regimes (tile: C <= 128, row:
+float64 oracle for every docs/spec.md option in both regimes (tile: C <= 128, row:
 online softmax over class chunks), memory layouts, out-of-range targets, no
 host synchronisation, the opt-in in-place backward, opcheck and
 torch.compile(fullgraph=True).
@@ -259,7 +259,7 @@ def test_layouts_and_targets(C, layout, tcfg, gen):
 
 
 def test_vocabulary_sized_row(gen):
-    """C = 262,144 (SPEC's "up to at least"), bfloat16, one row."""
+    """C = 262,144 (docs/spec.md's "up to at least"), bfloat16, one row."""
     C = 262_144
     x = logits(1, C, torch.bfloat16, gen=gen)
     check(x, torch.tensor([C - 1], device=DEV), lam=0.175, o_index=C - 1, label_smoothing=0.1)

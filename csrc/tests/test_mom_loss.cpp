@@ -1,5 +1,5 @@
 // Unit test of the per-row math in mom_loss.h (run by ctest; no torch needed).
-//  * values against the formulas of SPEC.md written independently here;
+//  * values against the formulas of docs/spec.md written independently here;
 //  * the gradient factor h against a central finite difference of the value:
 //    l(lp) with lp = log p_y gives dl/dlp = -h;
 //  * log_normaliser keeps log(1 + rest) exact for rest far below epsilon;
