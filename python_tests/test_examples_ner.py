@@ -410,7 +410,7 @@ def test_prepared_emits_data_warnings_once(tn, tmp_path):
         assert tn.Prepared(cfg).warnings == []
 
 
-# ------------------------------------------------------------------ reproduce_paper (issue 12, item 6)
+# ------------------------------------------------------------------ reproduce_paper
 
 
 def _rec(loss, seed, macro, *, base=None, part="main", sett="main", norm=None, frac=None,
