@@ -29,10 +29,10 @@ SENTENCES = 6  # of the global batch
 
 
 def _tn():
-    if str(ROOT / "examples") not in sys.path:
-        sys.path.insert(0, str(ROOT / "examples"))
-    import train_ner
-    return train_ner
+    if str(ROOT / "examples" / "ner") not in sys.path:
+        sys.path.insert(0, str(ROOT / "examples" / "ner"))
+    import train
+    return train
 
 
 def _setup():

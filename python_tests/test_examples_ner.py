@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tn():
-    spec = importlib.util.spec_from_file_location("train_ner", ROOT / "examples" / "train_ner.py")
+    spec = importlib.util.spec_from_file_location("train", ROOT / "examples" / "ner" / "train.py")
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_ner"] = mod
+    sys.modules["train"] = mod
     spec.loader.exec_module(mod)
     return mod
 
@@ -248,7 +248,7 @@ def test_main_end_to_end_tiny(tn, tmp_path):
 @pytest.fixture(scope="module")
 def rp(tn):
     spec = importlib.util.spec_from_file_location("reproduce_paper",
-                                                  ROOT / "examples" / "reproduce_paper.py")
+                                                  ROOT / "examples" / "ner" / "reproduce_paper.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -260,7 +260,7 @@ def test_reproduce_paper_resume_keeps_every_command_and_seed(tn, rp, tmp_path):
     tuning) to the same folder, and the table lists both commands and all seeds."""
     pytest.importorskip("optuna")  # the lambda tuning (tools/bootstrap.sh installs it)
     out, doc = tmp_path / "paper", tmp_path / "paper.md"
-    common = ["--data", str(ROOT / "examples" / "data" / "wnut17"), "--model", "tiny",
+    common = ["--data", str(ROOT / "examples" / "ner" / "data" / "wnut17"), "--model", "tiny",
               "--epochs", "1", "--max-train", "48", "--max-eval", "30", "--batch-size", "16",
               "--out", str(out), "--doc", str(doc), "--quiet"]
     first = rp.main(common + ["--losses", "ce,mom", "--seeds", "0"])
@@ -540,7 +540,7 @@ def test_reproduce_paper_parts_end_to_end(tn, rp, tmp_path):
     """Every new kind of run, tiny: the clipping control, the long schedule and
     the low-resource curve, in pieces with --resume, a budget, and the page."""
     out, doc = tmp_path / "paper", tmp_path / "paper.md"
-    common = ["--data", str(ROOT / "examples" / "data" / "wnut17"), "--model", "tiny",
+    common = ["--data", str(ROOT / "examples" / "ner" / "data" / "wnut17"), "--model", "tiny",
               "--epochs", "1", "--max-train", "40", "--max-eval", "20", "--batch-size", "16",
               "--threads", "1", "--out", str(out), "--doc", str(doc), "--quiet"]
     first = rp.main(common + ["--parts", "main,clip,long", "--losses", "ce,mom", "--seeds", "0",
@@ -587,7 +587,7 @@ def test_reproduce_paper_refuses_to_mix_normalisations_under_one_name(rp, tmp_pa
     out = tmp_path / "old"
     out.mkdir()
     (out / "results.json").write_text(json.dumps([_rec("mom", 0, 0.8, norm="valid")]))
-    args = ["--data", str(ROOT / "examples" / "data" / "wnut17"), "--model", "tiny",
+    args = ["--data", str(ROOT / "examples" / "ner" / "data" / "wnut17"), "--model", "tiny",
             "--max-train", "16", "--max-eval", "8", "--seeds", "0", "--out", str(out),
             "--doc", str(tmp_path / "d.md"), "--resume", "--quiet"]
     with pytest.raises(SystemExit, match="mom_norm='valid', not 'paper'"):

@@ -7,9 +7,9 @@ lambda tuned on dev with Optuna's TPE), Table 5 (per entity type), Table 7
 training data), plus a gradient-clipping control.
 
     export CONLL2003_DIR=path/to/conll2003   # or --data DIR on every command
-    python examples/reproduce_paper.py --budget-minutes 85           # part "main"
-    python examples/reproduce_paper.py --parts clip,long,lowres --resume --budget-minutes 120
-    python examples/reproduce_paper.py --table-only                  # the page from the records
+    python examples/ner/reproduce_paper.py --budget-minutes 85           # part "main"
+    python examples/ner/reproduce_paper.py --parts clip,long,lowres --resume --budget-minutes 120
+    python examples/ner/reproduce_paper.py --table-only                  # the page from the records
 
 Parts (``--parts``, comma list or ``all``; every run is appended to
 ``--out``/results.json at once, ``--resume`` skips runs already there, and
@@ -32,7 +32,7 @@ sizes):
           losses: ``ce@10ep-1/10``, ``mom@10ep-1/10``
   lowres  Figure 2: ``--lowres-losses`` (ce, focal, mom) on random subsets of
           ``--fractions`` (3/100, 6/100, 1/10, 1/3) of the training set, one
-          subset per (fraction, seed) shared by the losses (train_ner's
+          subset per (fraction, seed) shared by the losses (train.py's
           ``--subset-seed`` = the seed; the subsets of a seed are nested):
           ``ce@frac-3/100``, ...
 Runs per part: main |losses| x |seeds| (+ ``--optuna-trials`` tuning trials),
@@ -41,7 +41,7 @@ clip |clip-losses| x |seeds|, long |long-losses| x |seeds|, lowres
 ``setting`` and ``base_loss``.
 
 MoM normalisation (``--mom-norm``, default ``paper``: D_MoM = sentences of the
-batch x ``--max-length``, see examples/train_ner.py); ``mom-tuned`` tunes lambda
+batch x ``--max-length``, see examples/ner/train.py); ``mom-tuned`` tunes lambda
 under the same normalisation (tuning.json records it).  A MoM run under another
 normalisation is named with it (``mom-valid``, ``mom-tuned-valid``) and shown as
 an ablation; the page keeps the section "Ablation: mom_norm=valid (previous
@@ -79,7 +79,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import train_ner as tn  # noqa: E402
+import train as tn  # noqa: E402
 from momkernels.benchmark import cpu_model  # noqa: E402
 
 REPO = tn.REPO
@@ -159,7 +159,7 @@ def split_list(s: str) -> list:
 
 
 def train_config(args, **over):
-    """An argparse namespace for train_ner.train_one."""
+    """An argparse namespace for train.train_one."""
     argv = ["--data", args.data, "--model", args.model, "--epochs", str(args.epochs),
             "--lr", str(args.lr), "--batch-size", str(args.batch_size),
             "--max-length", str(args.max_length), "--max-train", str(args.max_train),
@@ -518,7 +518,7 @@ def make_table(records, tuning, meta, old_doc: str = "", plot_path=None) -> str:
     missing = [p for p in PARTS if not have[p]]
     lines.append("- Runs in this page: " + ", ".join(f"{p} {have[p]}" for p in PARTS)
                  + (f". Missing parts: {', '.join(missing)} (add them with "
-                    f"`python examples/reproduce_paper.py --parts {','.join(missing)} --resume "
+                    f"`python examples/ner/reproduce_paper.py --parts {','.join(missing)} --resume "
                     f"--out {meta.get('out', '<run folder>')}`)" if missing else ""))
     lines.append("")
     lines.append("Test split (eng.testb), mean ± std over seeds, ×100. Token macro = unweighted "
@@ -622,7 +622,7 @@ def make_table(records, tuning, meta, old_doc: str = "", plot_path=None) -> str:
     lines.append("")
     lines.append("Raw records: `results.json` in the run folder "
                  f"(`{meta.get('out')}`); regenerate this page with "
-                 "`python examples/reproduce_paper.py --table-only --out <run folder>`.")
+                 "`python examples/ner/reproduce_paper.py --table-only --out <run folder>`.")
     abl = ablation_section(old_doc, norm)
     return "\n".join(lines) + "\n" + ("\n" + abl if abl else "")
 
@@ -733,8 +733,8 @@ def main(argv=None):
         return (time.perf_counter() - t0) + est <= budget_s
 
     n_cpu = torch.get_num_threads()
-    command = "python " + " ".join(shlex.quote(a) for a in ["examples/reproduce_paper.py"] + list(
-        sys.argv[1:] if argv is None else argv))
+    command = "python " + " ".join(shlex.quote(a) for a in ["examples/ner/reproduce_paper.py"]
+                                   + list(sys.argv[1:] if argv is None else argv))
     # --resume adds runs to the same folder: keep every command and seed
     commands = (meta.get("commands") or [meta["command"]]) if meta.get("command") else []
     all_seeds = sorted(set(meta.get("seeds", [])) | set(seeds))

@@ -1,16 +1,16 @@
 #!/usr/bin/env python
 """Fine-tune a BERT model for named-entity recognition with momkernels' losses.
 
-    python examples/train_ner.py                      # WNUT-17 (bundled), all-MiniLM-L6-v2
-    python examples/train_ner.py --data path/to/conll2003 --losses ce,mom --seeds 0,1,2
-    torchrun --nproc_per_node=2 examples/train_ner.py --losses ce,mom   # DDP (gloo on CPU)
+    python examples/ner/train.py                      # WNUT-17 (bundled), all-MiniLM-L6-v2
+    python examples/ner/train.py --data path/to/conll2003 --losses ce,mom --seeds 0,1,2
+    torchrun --nproc_per_node=2 examples/ner/train.py --losses ce,mom   # DDP (gloo on CPU)
 
 Data (``--data DIR``): CoNLL-style column files -- one token per line, the tag in
 the last column, a blank line (or a line of only whitespace) between sentences,
 ``-DOCSTART-`` lines skipped.  train/dev/test are found by common names
 (``train.txt``/``dev.txt``/``test.txt``, ``eng.train``/``eng.testa``/``eng.testb``,
 ...).  IOB1 and BIO tags are both accepted and converted to BIO.  Without
-``--data`` the bundled WNUT-17 copy in ``examples/data/wnut17`` is used
+``--data`` the bundled WNUT-17 copy in ``examples/ner/data/wnut17`` is used
 (CC-BY 4.0, see its README.md).
 
 Model (``--model``): ``minilm`` = all-MiniLM-L6-v2 (6-layer uncased BERT, from
@@ -105,7 +105,7 @@ import torch
 import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = HERE.parents[1]
 try:  # the installed momkernels (tools/bootstrap.sh), else the source tree
     import momkernels
 except ImportError:
