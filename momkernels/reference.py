@@ -1,8 +1,10 @@
 """The PyTorch reference of docs/spec.md: readable, differentiable, compile-friendly.
 
-It is the oracle of every test and the ``"torch"`` backend.  It follows docs/spec.md
-line by line and does no argument checking of its own (``functional.py`` does
-that once for every backend).
+It is the oracle of every test and the ``"torch"`` backend (backends.py passes
+it the validated options as keywords).  It follows docs/spec.md line by line
+and does no argument checking of its own (``options.LossOptions`` does that
+once for every backend).  The row helpers it shares with the rest of the
+package (``as_rows``, ``valid_rows``, ...) are in ``rows.py``.
 
 Per-row loss l_i for a valid row (ignored rows: 0), p = softmax(x_i):
 
@@ -25,66 +27,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["mom_cross_entropy", "cross_entropy", "per_row_loss", "as_rows", "valid_rows"]
+from .rows import as_rows, math_dtype, valid_rows
 
-
-def as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """View logits of any docs/spec.md shape as (rows, C) and targets as (rows,).
-
-    ``(C,)`` with a 0-dim target is one row; ``(N, C, d1, ...)`` moves the class
-    dimension last (a copy only when that layout is not already a view).
-    """
-    if input.dim() == 2 and target.dim() == 1:
-        return input, target  # already rows: no view op, no extra autograd node
-    if input.dim() == 1:
-        return input.unsqueeze(0), target.reshape(1)
-    if input.dim() > 2:
-        input = input.movedim(1, -1)
-    C = input.shape[-1]
-    return input.reshape(-1, C), target.reshape(-1)
-
-
-def valid_rows(target: Tensor, ignore_index: int) -> Tensor:
-    """``target != ignore_index``, exactly.
-
-    Comparing an int32 tensor with a Python int outside the int32 range wraps
-    the int (``int32 != 2**32`` compares with 0): such an ``ignore_index``
-    cannot equal any int32 target, so every row is valid (as in the kernels,
-    which compare in 64 bits).
-    """
-    info = torch.iinfo(target.dtype)
-    if not info.min <= ignore_index <= info.max:
-        return torch.ones_like(target, dtype=torch.bool)
-    return target != ignore_index
-
-
-def valid_denominator(target: Tensor, weight: Optional[Tensor], ignore_index: int) -> Tensor:
-    """D of the mean on this process: the number of valid targets, or
-    sum of w_y over them with class weights (PyTorch's weighted-mean
-    denominator).  Detached, float32 (float64 for float64 weights), on
-    ``target``'s device."""
-    t = target.reshape(-1)
-    valid = valid_rows(t, ignore_index)
-    if weight is None:
-        return valid.sum().to(torch.float32)
-    safe = torch.where(valid, t, torch.zeros_like(t)).long()
-    dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    return (weight.detach().to(device=t.device, dtype=dt)[safe] * valid.to(dt)).sum()
-
-
-def mom_norm_args(mom_norm) -> tuple:
-    """The operators' form of a validated ``mom_norm``: ("valid" | "rows", 0)
-    for the names, ("fixed", number) for a number (docs/spec.md).  The number
-    is passed on as it is (the ops take a Scalar): under torch.compile a
-    SymInt such as ``labels.shape[0] * 128`` stays symbolic, so a new batch
-    size does not compile a new graph."""
-    if isinstance(mom_norm, str):
-        return mom_norm, 0
-    return "fixed", mom_norm
-
-
-def _math_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+__all__ = ["mom_cross_entropy", "cross_entropy", "per_row_loss"]
 
 
 def _pow_q(q: Tensor, e: float) -> Tensor:
@@ -170,7 +115,7 @@ def mom_cross_entropy(
     target: Tensor,
     lam: float = 0.5,
     *,
-    o_index: int = 0,
+    o_index: Optional[int] = 0,
     ignore_index: int = -100,
     weight: Optional[Tensor] = None,
     loss: str = "ce",
@@ -189,11 +134,11 @@ def mom_cross_entropy(
     kernel.  The result has ``input``'s dtype, or ``compute_dtype`` when given.
     """
     out_dtype = compute_dtype or input.dtype
-    math_dtype = compute_dtype or _math_dtype(input.dtype)
+    acc_dtype = compute_dtype or math_dtype(input.dtype)
     target_shape = target.shape
     x, t = as_rows(input, target)
     ell, w_y, valid = per_row_loss(
-        x.to(math_dtype),
+        x.to(acc_dtype),
         t,
         ignore_index=ignore_index,
         weight=weight,
@@ -203,10 +148,11 @@ def mom_cross_entropy(
         dice_smooth=dice_smooth,
         label_smoothing=label_smoothing,
     )
-    is_o = valid & (t == o_index)
+    # o_index None: plain cross-entropy, no majority class (lam is then 1)
+    is_o = valid & (t == o_index) if o_index is not None else torch.zeros_like(valid)
 
     if reduction == "none":
-        coef = lam + (1.0 - lam) * is_o.to(math_dtype)
+        coef = lam + (1.0 - lam) * is_o.to(acc_dtype)
         return (coef * ell).reshape(target_shape).to(out_dtype)
 
     # A term whose coefficient is exactly zero is left out rather than
@@ -256,7 +202,7 @@ def cross_entropy(
         input,
         target,
         1.0,
-        o_index=-1,
+        o_index=None,
         ignore_index=ignore_index,
         weight=weight,
         label_smoothing=label_smoothing,

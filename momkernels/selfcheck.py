@@ -16,7 +16,8 @@ from typing import Optional
 import torch
 
 from . import reference
-from .functional import _unavailable_reason, mom_cross_entropy
+from .backends import unavailable_reason
+from .functional import mom_cross_entropy
 
 # Relative tolerance per logits dtype.  Values and gradients pass when
 #   |got - want| <= rtol * (|want| + scale) + atol
@@ -112,7 +113,7 @@ def run(devices: Optional[list[str]] = None, backends: Optional[list[str]] = Non
     failed = 0
     for device in devices:
         for backend in backends or ("cpp", "triton", "torch"):
-            reason = _unavailable_reason(backend, torch.device(device))
+            reason = unavailable_reason(backend, torch.device(device))
             if reason is not None:
                 print(f"{backend:>7} on {device}: skipped ({reason.splitlines()[0]})")
                 continue

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import momkernels
 from helpers import BACKENDS
-from momkernels import functional, ops, reference
+from momkernels import backends, ops, reference
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
@@ -137,8 +137,8 @@ def test_cpp_availability_on_cuda_traces_under_fullgraph_compile():
     # that branch; here it is traced for a CUDA device.
     def f(x):
         cuda = torch.device("cuda")
-        ok = functional._cpp_unavailable_reason(cuda) is None
-        return x + (1.0 if ok else 2.0) + (3.0 if functional._auto_backend(cuda) == "cpp" else 4.0)
+        ok = backends.unavailable_reason("cpp", cuda) is None
+        return x + (1.0 if ok else 2.0) + (3.0 if backends.auto_backend(cuda) == "cpp" else 4.0)
 
     torch._dynamo.reset()
     x = torch.zeros(3)
