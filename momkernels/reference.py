@@ -33,15 +33,56 @@ __all__ = ["mom_cross_entropy", "cross_entropy", "per_row_loss"]
 
 
 def _pow_q(q: Tensor, e: float) -> Tensor:
-    """q ** e for q = 1 - p_y in [0, 1], with a finite gradient at q = 0.
+    """q ** e for q = 1 - p_y in [0, 1], with the kernels' finite derivative.
 
-    Plain ``q ** e`` back-propagates e * q^(e-1) = inf at q = 0 for e < 1, and
-    inf * 0 = NaN; the true gradient of every loss here vanishes as q -> 0
-    (it carries a factor q from dq/dx), which is what the kernels compute.
+    Plain ``q ** e`` back-propagates e * q^(e-1), which is inf at q = 0 for
+    e < 1 (and inf * 0 = NaN), and overflows for a float32 *subnormal* q (a
+    confident row, target margin ~88-103) when e < 1.  The true gradient of
+    every loss here carries a factor q from dq/dx and stays finite, which is
+    what the kernels compute (csrc/mom_loss.h): so q = 0 gives the constant
+    q^e (0, or 1 for e = 0), and a subnormal q the value q^e with the
+    derivative e * tiny^(e-1), its base clamped to the smallest normal number
+    as in the kernels (docs/SEMANTICS.md S9).
     """
-    pos = q > 0
-    q_safe = torch.where(pos, q, torch.ones_like(q))
-    return torch.where(pos, q_safe**e, torch.full_like(q, 1.0 if e == 0 else 0.0))
+    tiny = torch.finfo(q.dtype).tiny
+    one = torch.ones_like(q)
+    normal = q >= tiny
+    q_normal = torch.where(normal, q, one)
+    sub = (q > 0) & ~normal
+    q_sub = torch.where(sub, q, one)
+    # value q_sub^e; derivative the clamped one (q_sub - q_sub.detach() is 0)
+    clamped = q_sub.detach() ** e + (e * tiny ** (e - 1.0)) * (q_sub - q_sub.detach())
+    at_zero = torch.full_like(q, 1.0 if e == 0 else 0.0)
+    return torch.where(normal, q_normal**e, torch.where(sub, clamped, at_zero))
+
+
+def _log_p_confident(x: Tensor, t: Tensor, lp_y: Tensor) -> Tensor:
+    """log p_y of (rows, C) logits ``x``, exact also where p_y -> 1.
+
+    ``lp_y`` is log_softmax's log p_y = (x_y - m) - log(sum_c exp(x_c - m)).
+    Where y is the row's largest logit, that sum is 1 + r with
+    r = sum_{c != y} exp(x_c - x_y), and forming 1 + r rounds away every part
+    of r below the dtype's epsilon: in float32 a row with r < 6e-8 gets
+    log p_y = 0, so q = 1 - p_y = -expm1(log p_y) = 0 although q ~ r is the
+    whole focal / dice loss of that confident row (and q^alpha, alpha < 1,
+    turns the lost bits into large errors).  There this returns
+    log p_y = -log1p(r) instead, as the kernels compute it (log_normaliser in
+    csrc/mom_loss.h); r <= C - 1 cannot overflow, and its gradient with
+    respect to x_y, r / (1 + r) = 1 - p_y, is a sum of positive terms rather
+    than 1 - p_y by subtraction.
+
+    Other rows keep ``lp_y``: their p_y <= 1/2 (no cancellation), and a row
+    with a non-finite largest logit keeps log_softmax's NaN (docs/SEMANTICS.md).
+    """
+    x_y = x.gather(1, t.unsqueeze(1))
+    top = (x_y.squeeze(1) >= x.amax(-1)) & torch.isfinite(x_y.squeeze(1))
+    # the other rows compute on zeros: finite, so the branch that torch.where
+    # does not take gets a zero gradient, never 0 * inf = NaN
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    d = torch.where(top.unsqueeze(1), x - x_y, zero)
+    others = torch.arange(x.shape[-1], device=x.device) != t.unsqueeze(1)
+    r = torch.where(others, d.exp(), zero).sum(-1)
+    return torch.where(top, -torch.log1p(r), lp_y)
 
 
 def per_row_loss(
@@ -78,6 +119,10 @@ def per_row_loss(
     # keeps e.g. focal's (1 - p)^g * lp at a -inf logit from back-propagating
     # 0 * inf = NaN into a row that must get an exactly zero gradient.
     lp_y = logp.gather(1, safe_t.unsqueeze(1)).squeeze(1)
+    if loss != "ce":
+        # focal and dice are functions of q = 1 - p_y, which log_softmax loses
+        # for confident rows; cross-entropy keeps log_softmax, as F.cross_entropy
+        lp_y = _log_p_confident(x, safe_t, lp_y)
     lp_y = torch.where(valid, lp_y, torch.zeros_like(lp_y))
     if weight is not None:
         w = weight.to(x.dtype)
@@ -93,7 +138,7 @@ def per_row_loss(
             ell = (1.0 - label_smoothing) * ell + (label_smoothing / C) * smooth
     else:
         p = lp_y.exp()
-        q = -torch.expm1(lp_y)  # 1 - p without cancellation for confident rows
+        q = -torch.expm1(lp_y)  # 1 - p, never formed by subtraction (see _log_p_confident)
         if loss == "focal":
             ell = w_y * (-_pow_q(q, gamma) * lp_y)
         elif loss == "dice":

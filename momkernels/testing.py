@@ -28,16 +28,17 @@ The test suite (``value_tol``, ``grad_tol``, ``oracle_floor``), elementwise:
     smoothing's P * p_j - S * w_j, and dice's d a / d p = q - p near p = 1/2,
     whose *elementwise* relative error is unbounded in any finite precision;
   * the math dtype's epsilon times the row coefficient (``coefficient_scale``):
-    the float64 oracle itself only knows p_y - 1 to ~1e-16 absolute for
-    cross-entropy (its log_softmax returns log p_y = 0 once 1 - p_y < 1e-16,
-    where the kernels' log1p/expm1 stay exact), and float32 math cannot do
+    the float64 oracle itself only knows p_y - 1 to ~1e-16 absolute (its
+    autograd forms it by subtraction; for cross-entropy its log_softmax also
+    returns log p_y = 0 once 1 - p_y < 1e-16, where the kernels' log1p/expm1
+    stay exact), and float32 math cannot do
     better than ~1e-7 of the row's scale for saturated rows;
 
   plus the smallest normal number of the math dtype (float16: its subnormal
   spacing) below which relative accuracy is gone.  The accuracy of confident
   rows *relative to their own size* is tested separately
   (test_edge_cases.py::test_bf16_confident_majority_rows,
-  test_regressions.py::test_torch_backend_confident_focal_and_dice_rows).
+  test_regressions.py::test_confident_focal_and_dice_rows_fp32).
 
 The check (``CHECK_RTOL``, ``err_over_tol``), normwise: rtol per logits
 dtype, and atol = rtol * (max |expected| of the tensor) + the dtype's smallest
@@ -219,9 +220,10 @@ def coefficient_scale(t: Tensor, *, lam: float = 0.5, o_index: int = 0,
 def oracle_floor(dtype: torch.dtype, coef_scale: float) -> float:
     """Absolute accuracy limit of a gradient entry relative to the row scale:
     terms like p_y - 1 or q - p are only known to ~eps of the math dtype times
-    the row's coefficient -- also in the float64 oracle, whose log_softmax
-    returns log p_y = 0 once 1 - p_y < 1e-16 (the kernels' log1p/expm1 keep
-    it).  Below this, an elementwise comparison measures the oracle."""
+    the row's coefficient -- also in the float64 oracle, whose autograd forms
+    p_y - 1 by subtraction (and whose cross-entropy log_softmax returns
+    log p_y = 0 once 1 - p_y < 1e-16, where the kernels' log1p/expm1 keep it).
+    Below this, an elementwise comparison measures the oracle."""
     math_eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
     return (16 if dtype == torch.float64 else 4) * math_eps * coef_scale
 

@@ -52,7 +52,8 @@ HAS_CPP = "cpp" in BACKENDS
 INTERPRETED = {"triton"} if os.environ.get("TRITON_INTERPRET") == "1" else set()
 
 
-# Backends with fused kernels.  "torch" is PyTorch autograd of log_softmax,
+# Backends with fused kernels.  "torch" is PyTorch autograd of log_softmax
+# (for cross-entropy; focal and dice take log p_y = -log1p(r) where p_y -> 1),
 # which forms p_y - 1 by subtraction exactly as F.cross_entropy does; accuracy
 # beyond PyTorch's own (confident rows) is the fused kernels' promise only.
 FUSED = [b for b in BACKENDS if b != "torch"]
