@@ -77,11 +77,13 @@ class LossOptions:
     ``momkernels.cross_entropy``, which has no majority class, so ``o_index``
     is None and lam is 1 (use ``LossOptions.cross_entropy``).
 
-    The constructor raises the errors of docs/spec.md §8, in a fixed order
-    (the first wrong argument in the order of the fields below, backend
-    before the loss parameters), and stores lam, gamma, dice_alpha,
-    dice_smooth and label_smoothing as Python floats.  ``dataclasses.replace``
-    runs the same checks on the new values.
+    The constructor raises the errors of docs/spec.md §8 for the first wrong
+    argument in a fixed order: lam, o_index, ignore_index, loss, reduction,
+    mom_norm, backend, gamma, dice_alpha, dice_smooth, label_smoothing,
+    inplace_backward.  It stores lam, gamma, dice_alpha, dice_smooth and
+    label_smoothing as Python floats, o_index and ignore_index as ints.
+    ``replace`` (``dataclasses.replace``) runs the same checks on the new
+    values.
     """
 
     lam: float = 0.5
