@@ -12,7 +12,7 @@ def _info() -> int:
     import torch
 
     from . import __version__, ops
-    from .functional import _auto_backend, _unavailable_reason
+    from .backends import auto_backend, unavailable_reason
 
     print(f"momkernels      {__version__}")
     print(f"python          {platform.python_version()} ({platform.machine()})")
@@ -43,10 +43,10 @@ def _info() -> int:
     for d in devices:
         print(f"backends on {d.type:<4}")
         for b in ("cpp", "triton", "torch"):
-            reason = _unavailable_reason(b, d)
+            reason = unavailable_reason(b, d)
             state = "available" if reason is None else "unavailable: " + reason.splitlines()[0]
             print(f"  {b:<8} {state}")
-        print(f"  auto  -> {_auto_backend(d)}")
+        print(f"  auto  -> {auto_backend(d)}")
     return 0
 
 

@@ -431,11 +431,11 @@ def _unloadable_backends(device: str, asked: Optional[list[str]]) -> dict[str, s
     ``asked`` (--backends), else the device's compiled ones (backend="auto"'s
     candidates: cpp on CPU; cpp and triton on CUDA), so that a benchmark of the
     product never quietly leaves the product out."""
-    from momkernels.functional import _AUTO_ORDER, _unavailable_reason
+    from momkernels.backends import AUTO_ORDER, unavailable_reason
 
     dev = torch.device(device)
-    wanted = asked or _AUTO_ORDER.get(dev.type, ())
-    reasons = {b: _unavailable_reason(b, dev) for b in wanted}
+    wanted = asked or AUTO_ORDER.get(dev.type, ())
+    reasons = {b: unavailable_reason(b, dev) for b in wanted}
     return {b: why for b, why in reasons.items() if why is not None}
 
 

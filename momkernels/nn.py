@@ -7,18 +7,35 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .functional import _check_options, cross_entropy, mom_cross_entropy
+from . import functional
+from .functional import cross_entropy
+from .options import LossOptions
 
 __all__ = ["MoMLoss", "CrossEntropyLoss"]
+
+
+def _option(name: str) -> property:
+    """``MoMLoss.<name>``: a field of the module's options; setting it checks
+    the new value and replaces the options."""
+    def get(self):
+        return getattr(self.options, name)
+
+    def set(self, value):
+        self.options = self.options.replace(**{name: value})
+
+    return property(get, set, doc=f"``options.{name}`` (see momkernels.options.LossOptions)")
 
 
 class MoMLoss(nn.Module):
     """The MoM loss as a module; arguments as :func:`momkernels.mom_cross_entropy`.
 
-    ``weight`` is a buffer, so it follows ``.to(device)`` with the model.
-    ``forward(input, target, mom_norm=...)`` overrides ``mom_norm`` for one
-    call: the paper's normalisation with dynamically padded batches changes
-    with the batch (``mom_norm=labels.shape[0] * 128``, docs/spec.md).
+    The scalar arguments are checked once, here, and kept as one
+    ``momkernels.options.LossOptions`` (``self.options``; ``self.lam`` etc.
+    read and replace its fields).  ``weight`` is a buffer, so it follows
+    ``.to(device)`` with the model.  ``forward(input, target, mom_norm=...)``
+    overrides ``mom_norm`` for one call: the paper's normalisation with
+    dynamically padded batches changes with the batch
+    (``mom_norm=labels.shape[0] * 128``, docs/spec.md).
     """
 
     def __init__(self, lam: float = 0.5, *, o_index: int = 0, ignore_index: int = -100,
@@ -26,38 +43,40 @@ class MoMLoss(nn.Module):
                  dice_alpha: float = 1.0, dice_smooth: float = 0.01,
                  label_smoothing: float = 0.0, reduction: str = "mean",
                  mom_norm: Union[str, float] = "valid",
-                 backend: str = "auto", check_targets: bool = False) -> None:
+                 backend: str = "auto", check_targets: bool = False,
+                 inplace_backward: bool = False) -> None:
         super().__init__()
-        _check_options(lam, o_index, ignore_index, loss, gamma, dice_alpha, dice_smooth,
-                       label_smoothing, reduction, mom_norm, backend)
-        self.lam = lam
-        self.o_index = o_index
-        self.ignore_index = ignore_index
+        self.options = LossOptions(
+            lam=lam, o_index=o_index, ignore_index=ignore_index, loss=loss, gamma=gamma,
+            dice_alpha=dice_alpha, dice_smooth=dice_smooth, label_smoothing=label_smoothing,
+            reduction=reduction, mom_norm=mom_norm, backend=backend,
+            check_targets=check_targets, inplace_backward=inplace_backward)
         self.register_buffer("weight", weight)
-        self.loss = loss
-        self.gamma = gamma
-        self.dice_alpha = dice_alpha
-        self.dice_smooth = dice_smooth
-        self.label_smoothing = label_smoothing
-        self.reduction = reduction
-        self.mom_norm = mom_norm
-        self.backend = backend
-        self.check_targets = check_targets
+
+    lam = _option("lam")
+    o_index = _option("o_index")
+    ignore_index = _option("ignore_index")
+    loss = _option("loss")
+    gamma = _option("gamma")
+    dice_alpha = _option("dice_alpha")
+    dice_smooth = _option("dice_smooth")
+    label_smoothing = _option("label_smoothing")
+    reduction = _option("reduction")
+    mom_norm = _option("mom_norm")
+    backend = _option("backend")
+    check_targets = _option("check_targets")
+    inplace_backward = _option("inplace_backward")
 
     def forward(self, input: Tensor, target: Tensor, *,
                 mom_norm: Union[str, float, None] = None) -> Tensor:
-        return mom_cross_entropy(
-            input, target, self.lam, o_index=self.o_index, ignore_index=self.ignore_index,
-            weight=self.weight, loss=self.loss, gamma=self.gamma, dice_alpha=self.dice_alpha,
-            dice_smooth=self.dice_smooth, label_smoothing=self.label_smoothing,
-            reduction=self.reduction, mom_norm=self.mom_norm if mom_norm is None else mom_norm,
-            backend=self.backend,
-            check_targets=self.check_targets)
+        options = self.options if mom_norm is None else self.options.replace(mom_norm=mom_norm)
+        return functional.forward(input, target, self.weight, options)
 
     def extra_repr(self) -> str:
-        return (f"lam={self.lam}, o_index={self.o_index}, loss={self.loss!r}, "
-                f"reduction={self.reduction!r}, mom_norm={self.mom_norm!r}, "
-                f"backend={self.backend!r}")
+        o = self.options
+        return (f"lam={o.lam}, o_index={o.o_index}, loss={o.loss!r}, "
+                f"reduction={o.reduction!r}, mom_norm={o.mom_norm!r}, "
+                f"backend={o.backend!r}")
 
 
 class CrossEntropyLoss(nn.Module):

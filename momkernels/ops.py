@@ -28,7 +28,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .reference import _math_dtype, mom_norm_args
+from .options import LossOptions
+from .rows import math_dtype
 
 REBUILD_HINT = (
     "rebuild it against the installed torch with\n"
@@ -54,7 +55,7 @@ def is_available() -> bool:
 
 # Read once, here: the op returns a string, which torch.compile cannot trace
 # ("torch.* op returned non-Tensor"), and has_cuda() is asked while tracing
-# (functional._cpp_unavailable_reason for CUDA tensors).
+# (backends.py: the availability of "cpp" for CUDA tensors).
 _BUILD_INFO: dict[str, str] = {} if _load_error is not None else dict(
     kv.split("=", 1) for kv in torch.ops.momkernels.build_info().split(";"))
 
@@ -78,7 +79,7 @@ if _load_error is None:
         torch._check(target.dim() == 1, lambda: "momkernels: target must be (N,)")
         torch._check(target.shape[0] == input.shape[0], lambda: "momkernels: N mismatch")
         n = input.shape[0]
-        acc = _math_dtype(input.dtype)
+        acc = math_dtype(input.dtype)
         out = input.new_empty((n,) if reduction == "none" else ())
         return out, input.new_empty((n, 2), dtype=acc), input.new_empty((2,), dtype=acc)
 
@@ -90,7 +91,7 @@ if _load_error is None:
                                               loss, gamma, dice_alpha, dice_smooth,
                                               label_smoothing, reduction, mom_norm)
         grad = torch.empty(input.shape, dtype=input.dtype, device=input.device)
-        return out, stats, coef, grad, input.new_empty((3,), dtype=_math_dtype(input.dtype))
+        return out, stats, coef, grad, input.new_empty((3,), dtype=math_dtype(input.dtype))
 
     @torch.library.register_fake("momkernels::mom_loss_bwd_fused_")
     def _mom_loss_bwd_fused_fake(grad_fused, grad, target, gscale, o_index, ignore_index):
@@ -102,12 +103,9 @@ if _load_error is None:
         return torch.empty(input.shape, dtype=input.dtype, device=input.device)
 
 
-def mom_loss(input: Tensor, target: Tensor, weight: Optional[Tensor], lam: float, o_index: int,
-             ignore_index: int, loss: str, gamma: float, dice_alpha: float, dice_smooth: float,
-             label_smoothing: float, reduction: str, mom_norm) -> Tensor:
-    """The loss of (N, C) logits via the compiled operator (validated arguments)."""
-    norm, denom = mom_norm_args(mom_norm)
-    out, _, _ = torch.ops.momkernels.mom_loss_fwd(
-        input, target, weight, float(lam), int(o_index), int(ignore_index), loss, float(gamma),
-        float(dice_alpha), float(dice_smooth), float(label_smoothing), reduction, norm, denom)
+def mom_loss(input: Tensor, target: Tensor, weight: Optional[Tensor],
+             options: LossOptions) -> Tensor:
+    """The loss of (N, C) logits via the compiled operator (backend "cpp"):
+    ``options`` flattened to the schema of csrc/registration.cpp."""
+    out, _, _ = torch.ops.momkernels.mom_loss_fwd(input, target, weight, *options.op_args())
     return out

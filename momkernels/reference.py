@@ -1,8 +1,10 @@
 """The PyTorch reference of docs/spec.md: readable, differentiable, compile-friendly.
 
-It is the oracle of every test and the ``"torch"`` backend.  It follows docs/spec.md
-line by line and does no argument checking of its own (``functional.py`` does
-that once for every backend).
+It is the oracle of every test and the ``"torch"`` backend (backends.py passes
+it the validated options as keywords).  It follows docs/spec.md line by line
+and does no argument checking of its own (``options.LossOptions`` does that
+once for every backend).  The row helpers it shares with the rest of the
+package (``as_rows``, ``valid_rows``, ...) are in ``rows.py``.
 
 Per-row loss l_i for a valid row (ignored rows: 0), p = softmax(x_i):
 
@@ -25,78 +27,62 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["mom_cross_entropy", "cross_entropy", "per_row_loss", "as_rows", "valid_rows"]
+from .rows import as_rows, math_dtype, valid_rows
 
-
-def as_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """View logits of any docs/spec.md shape as (rows, C) and targets as (rows,).
-
-    ``(C,)`` with a 0-dim target is one row; ``(N, C, d1, ...)`` moves the class
-    dimension last (a copy only when that layout is not already a view).
-    """
-    if input.dim() == 2 and target.dim() == 1:
-        return input, target  # already rows: no view op, no extra autograd node
-    if input.dim() == 1:
-        return input.unsqueeze(0), target.reshape(1)
-    if input.dim() > 2:
-        input = input.movedim(1, -1)
-    C = input.shape[-1]
-    return input.reshape(-1, C), target.reshape(-1)
-
-
-def valid_rows(target: Tensor, ignore_index: int) -> Tensor:
-    """``target != ignore_index``, exactly.
-
-    Comparing an int32 tensor with a Python int outside the int32 range wraps
-    the int (``int32 != 2**32`` compares with 0): such an ``ignore_index``
-    cannot equal any int32 target, so every row is valid (as in the kernels,
-    which compare in 64 bits).
-    """
-    info = torch.iinfo(target.dtype)
-    if not info.min <= ignore_index <= info.max:
-        return torch.ones_like(target, dtype=torch.bool)
-    return target != ignore_index
-
-
-def valid_denominator(target: Tensor, weight: Optional[Tensor], ignore_index: int) -> Tensor:
-    """D of the mean on this process: the number of valid targets, or
-    sum of w_y over them with class weights (PyTorch's weighted-mean
-    denominator).  Detached, float32 (float64 for float64 weights), on
-    ``target``'s device."""
-    t = target.reshape(-1)
-    valid = valid_rows(t, ignore_index)
-    if weight is None:
-        return valid.sum().to(torch.float32)
-    safe = torch.where(valid, t, torch.zeros_like(t)).long()
-    dt = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    return (weight.detach().to(device=t.device, dtype=dt)[safe] * valid.to(dt)).sum()
-
-
-def mom_norm_args(mom_norm) -> tuple:
-    """The operators' form of a validated ``mom_norm``: ("valid" | "rows", 0)
-    for the names, ("fixed", number) for a number (docs/spec.md).  The number
-    is passed on as it is (the ops take a Scalar): under torch.compile a
-    SymInt such as ``labels.shape[0] * 128`` stays symbolic, so a new batch
-    size does not compile a new graph."""
-    if isinstance(mom_norm, str):
-        return mom_norm, 0
-    return "fixed", mom_norm
-
-
-def _math_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+__all__ = ["mom_cross_entropy", "cross_entropy", "per_row_loss"]
 
 
 def _pow_q(q: Tensor, e: float) -> Tensor:
-    """q ** e for q = 1 - p_y in [0, 1], with a finite gradient at q = 0.
+    """q ** e for q = 1 - p_y in [0, 1], with the kernels' finite derivative.
 
-    Plain ``q ** e`` back-propagates e * q^(e-1) = inf at q = 0 for e < 1, and
-    inf * 0 = NaN; the true gradient of every loss here vanishes as q -> 0
-    (it carries a factor q from dq/dx), which is what the kernels compute.
+    Plain ``q ** e`` back-propagates e * q^(e-1), which is inf at q = 0 for
+    e < 1 (and inf * 0 = NaN), and overflows for a float32 *subnormal* q (a
+    confident row, target margin ~88-103) when e < 1.  The true gradient of
+    every loss here carries a factor q from dq/dx and stays finite, which is
+    what the kernels compute (csrc/mom_loss.h): so q = 0 gives the constant
+    q^e (0, or 1 for e = 0), and a subnormal q the value q^e with the
+    derivative e * tiny^(e-1), its base clamped to the smallest normal number
+    as in the kernels (docs/SEMANTICS.md S9).
     """
-    pos = q > 0
-    q_safe = torch.where(pos, q, torch.ones_like(q))
-    return torch.where(pos, q_safe**e, torch.full_like(q, 1.0 if e == 0 else 0.0))
+    tiny = torch.finfo(q.dtype).tiny
+    one = torch.ones_like(q)
+    normal = q >= tiny
+    q_normal = torch.where(normal, q, one)
+    sub = (q > 0) & ~normal
+    q_sub = torch.where(sub, q, one)
+    # value q_sub^e; derivative the clamped one (q_sub - q_sub.detach() is 0)
+    clamped = q_sub.detach() ** e + (e * tiny ** (e - 1.0)) * (q_sub - q_sub.detach())
+    at_zero = torch.full_like(q, 1.0 if e == 0 else 0.0)
+    return torch.where(normal, q_normal**e, torch.where(sub, clamped, at_zero))
+
+
+def _log_p_confident(x: Tensor, t: Tensor, lp_y: Tensor) -> Tensor:
+    """log p_y of (rows, C) logits ``x``, exact also where p_y -> 1.
+
+    ``lp_y`` is log_softmax's log p_y = (x_y - m) - log(sum_c exp(x_c - m)).
+    Where y is the row's largest logit, that sum is 1 + r with
+    r = sum_{c != y} exp(x_c - x_y), and forming 1 + r rounds away every part
+    of r below the dtype's epsilon: in float32 a row with r < 6e-8 gets
+    log p_y = 0, so q = 1 - p_y = -expm1(log p_y) = 0 although q ~ r is the
+    whole focal / dice loss of that confident row (and q^alpha, alpha < 1,
+    turns the lost bits into large errors).  There this returns
+    log p_y = -log1p(r) instead, as the kernels compute it (log_normaliser in
+    csrc/mom_loss.h); r <= C - 1 cannot overflow, and its gradient with
+    respect to x_y, r / (1 + r) = 1 - p_y, is a sum of positive terms rather
+    than 1 - p_y by subtraction.
+
+    Other rows keep ``lp_y``: their p_y <= 1/2 (no cancellation), and a row
+    with a non-finite largest logit keeps log_softmax's NaN (docs/SEMANTICS.md).
+    """
+    x_y = x.gather(1, t.unsqueeze(1))
+    top = (x_y.squeeze(1) >= x.amax(-1)) & torch.isfinite(x_y.squeeze(1))
+    # the other rows compute on zeros: finite, so the branch that torch.where
+    # does not take gets a zero gradient, never 0 * inf = NaN
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    d = torch.where(top.unsqueeze(1), x - x_y, zero)
+    others = torch.arange(x.shape[-1], device=x.device) != t.unsqueeze(1)
+    r = torch.where(others, d.exp(), zero).sum(-1)
+    return torch.where(top, -torch.log1p(r), lp_y)
 
 
 def per_row_loss(
@@ -133,6 +119,10 @@ def per_row_loss(
     # keeps e.g. focal's (1 - p)^g * lp at a -inf logit from back-propagating
     # 0 * inf = NaN into a row that must get an exactly zero gradient.
     lp_y = logp.gather(1, safe_t.unsqueeze(1)).squeeze(1)
+    if loss != "ce":
+        # focal and dice are functions of q = 1 - p_y, which log_softmax loses
+        # for confident rows; cross-entropy keeps log_softmax, as F.cross_entropy
+        lp_y = _log_p_confident(x, safe_t, lp_y)
     lp_y = torch.where(valid, lp_y, torch.zeros_like(lp_y))
     if weight is not None:
         w = weight.to(x.dtype)
@@ -148,7 +138,7 @@ def per_row_loss(
             ell = (1.0 - label_smoothing) * ell + (label_smoothing / C) * smooth
     else:
         p = lp_y.exp()
-        q = -torch.expm1(lp_y)  # 1 - p without cancellation for confident rows
+        q = -torch.expm1(lp_y)  # 1 - p, never formed by subtraction (see _log_p_confident)
         if loss == "focal":
             ell = w_y * (-_pow_q(q, gamma) * lp_y)
         elif loss == "dice":
@@ -170,7 +160,7 @@ def mom_cross_entropy(
     target: Tensor,
     lam: float = 0.5,
     *,
-    o_index: int = 0,
+    o_index: Optional[int] = 0,
     ignore_index: int = -100,
     weight: Optional[Tensor] = None,
     loss: str = "ce",
@@ -189,11 +179,11 @@ def mom_cross_entropy(
     kernel.  The result has ``input``'s dtype, or ``compute_dtype`` when given.
     """
     out_dtype = compute_dtype or input.dtype
-    math_dtype = compute_dtype or _math_dtype(input.dtype)
+    acc_dtype = compute_dtype or math_dtype(input.dtype)
     target_shape = target.shape
     x, t = as_rows(input, target)
     ell, w_y, valid = per_row_loss(
-        x.to(math_dtype),
+        x.to(acc_dtype),
         t,
         ignore_index=ignore_index,
         weight=weight,
@@ -203,10 +193,11 @@ def mom_cross_entropy(
         dice_smooth=dice_smooth,
         label_smoothing=label_smoothing,
     )
-    is_o = valid & (t == o_index)
+    # o_index None: plain cross-entropy, no majority class (lam is then 1)
+    is_o = valid & (t == o_index) if o_index is not None else torch.zeros_like(valid)
 
     if reduction == "none":
-        coef = lam + (1.0 - lam) * is_o.to(math_dtype)
+        coef = lam + (1.0 - lam) * is_o.to(acc_dtype)
         return (coef * ell).reshape(target_shape).to(out_dtype)
 
     # A term whose coefficient is exactly zero is left out rather than
@@ -256,7 +247,7 @@ def cross_entropy(
         input,
         target,
         1.0,
-        o_index=-1,
+        o_index=None,
         ignore_index=ignore_index,
         weight=weight,
         label_smoothing=label_smoothing,

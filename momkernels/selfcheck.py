@@ -3,8 +3,10 @@
 Runs a fixed grid of cases (dtypes, class counts from 1 to 32003, every loss
 and reduction, weights, label smoothing, ignored rows, both MoM
 normalisations) on each device, compares loss values and input gradients with
-``reference.mom_cross_entropy(..., compute_dtype=torch.float64)``, prints one
-line per backend and device and returns non-zero on any mismatch.
+the float64 reference (``testing.oracle``) under the check's tolerance
+(``testing.err_over_tol``: what "correct" means is defined in testing.py, for
+this command and for the test suite), prints one line per backend and device
+and returns non-zero on any mismatch.
 """
 
 from __future__ import annotations
@@ -15,16 +17,9 @@ from typing import Optional
 
 import torch
 
-from . import reference
-from .functional import _unavailable_reason, mom_cross_entropy
-
-# Relative tolerance per logits dtype.  Values and gradients pass when
-#   |got - want| <= rtol * (|want| + scale) + atol
-# with scale = max |want| of the tensor (so entries far below the largest are
-# judged against the tensor's magnitude, as rounding to the dtype does) and
-# atol = the dtype's smallest normal number (below it float16 is subnormal and
-# holds only a few bits: the rounding of the output dtype, not of the kernel).
-RTOL = {torch.float64: 1e-9, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+from .backends import unavailable_reason
+from .functional import mom_cross_entropy
+from .testing import err_over_tol, oracle
 
 
 @dataclass
@@ -34,24 +29,6 @@ class Result:
     cases: int = 0
     max_err: dict = field(default_factory=dict)
     failures: list = field(default_factory=list)
-
-
-def err_over_tol(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype,
-                 min_scale: float = 0.0) -> float:
-    """max |got - want| / tolerance (see RTOL); <= 1 passes.  NaN matches NaN.
-
-    ``min_scale`` is the magnitude of the terms that cancel in ``want`` (a
-    gradient that is exactly 0 in exact arithmetic, e.g. C = 1, is a few ulps
-    of those terms in floating point).
-    """
-    got, want = got.detach().double(), want.detach().double()
-    if want.numel() == 0:
-        return 0.0
-    finite = ~torch.isnan(want)
-    scale = max(float(want[finite].abs().max()) if finite.any() else 0.0, min_scale)
-    tol = RTOL[dtype] * (want.abs() + scale) + torch.finfo(dtype).tiny
-    err = ((got - want).abs() / tol).masked_fill(torch.isnan(got) & torch.isnan(want), 0.0)
-    return float(err.nan_to_num(nan=float("inf")).max())
 
 
 def _cases(device: str, backend: str):
@@ -87,14 +64,12 @@ def check_backend(backend: str, device: str, seed: int = 0) -> Result:
         xk = x.clone().requires_grad_()
         got = mom_cross_entropy(xk, t, lam, backend=backend, **kw)
         (got.sum()).backward()
-        xr = x.clone().double().requires_grad_()
-        want = reference.mom_cross_entropy(xr, t, lam, compute_dtype=torch.float64, **kw)
-        want.sum().backward()
+        want, want_grad = oracle(x, t, lam=lam, **kw)
 
         e_val = err_over_tol(got, want, dtype)
         # a row's gradient is (row coefficient) x (terms of size <= w): 1/N under mean
         w_max = float(weight.max()) if weight is not None else 1.0
-        e_grad = err_over_tol(xk.grad, xr.grad, dtype,
+        e_grad = err_over_tol(xk.grad, want_grad, dtype,
                               min_scale=w_max / n if red == "mean" else w_max)
         key = str(dtype).replace("torch.", "")
         res.max_err[key] = max(res.max_err.get(key, 0.0), e_val, e_grad)
@@ -112,7 +87,7 @@ def run(devices: Optional[list[str]] = None, backends: Optional[list[str]] = Non
     failed = 0
     for device in devices:
         for backend in backends or ("cpp", "triton", "torch"):
-            reason = _unavailable_reason(backend, torch.device(device))
+            reason = unavailable_reason(backend, torch.device(device))
             if reason is not None:
                 print(f"{backend:>7} on {device}: skipped ({reason.splitlines()[0]})")
                 continue

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import momkernels
-from momkernels import reference
+from momkernels import options
 from helpers import BACKENDS, HAS_CPP, make_logits, make_targets, make_weight
 
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="momkernels._C (backend 'cpp') not built")
@@ -107,7 +107,7 @@ def _fwd_samples():
         t[1::3] = 0
         w = (torch.rand(C, generator=g) + 0.5).to(dtype) if use_w else None
         out.append((x, t, w, 0.175, 0, -100, loss, 2.0, 1.0, 0.01, ls, red,
-                    *reference.mom_norm_args(norm)))
+                    *options.mom_norm_args(norm)))
     # int32 targets and an empty batch
     x = torch.randn(5, 3, dtype=torch.float32, requires_grad=True)
     out.append((x, torch.tensor([0, 1, 2, -1, 0], dtype=torch.int32), None, 0.5, 0, -1, "ce",

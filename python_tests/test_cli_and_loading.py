@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import momkernels
-from momkernels import functional, ops
+from momkernels import backends, ops
 
 # The subprocess must import the same momkernels as this process (the checkout
 # with its in-place build in .venv's editable install, the installed one in CI's
@@ -72,12 +72,77 @@ def test_unloadable_extension_gives_a_clear_error(monkeypatch):
                         "undefined symbol: _ZN3c10fake")
     x, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
     assert "cpp" not in momkernels.available_backends("cpu")
-    assert functional._auto_backend(torch.device("cpu")) == "torch"
+    assert backends.auto_backend(torch.device("cpu")) == "torch"
     with pytest.raises(momkernels.BackendUnavailableError,
                        match=r"(?s)undefined symbol.*--no-build-isolation"):
         momkernels.mom_cross_entropy(x, t, 0.5, backend="cpp")
     torch.testing.assert_close(momkernels.cross_entropy(x, t),
                                torch.nn.functional.cross_entropy(x, t))
+
+
+# ------------------------------------------------------------- the package's imports
+
+
+def _package_imports() -> dict[str, set[tuple[str, str]]]:
+    """{module: {(imported module, name or "")}} for every momkernels module,
+    imports inside functions included (a lazy import is still a dependency)."""
+    import ast
+
+    pkg_dir = os.path.dirname(os.path.abspath(momkernels.__file__))
+    modules = {}
+    for dirpath, _, files in os.walk(pkg_dir):
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(dirpath, f), PKG_PARENT)[:-3]
+                name = rel.replace(os.sep, ".").removesuffix(".__init__")
+                modules[name] = os.path.join(dirpath, f)
+    deps = {}
+    for name, path in modules.items():
+        package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    edges.add((sub, "") if sub in modules else (base, alias.name))
+            elif isinstance(node, ast.Import):
+                edges.update((alias.name, "") for alias in node.names)
+        deps[name] = {(m, n) for m, n in edges if m in modules}
+    return deps
+
+
+def test_no_import_cycle_and_no_private_names_across_modules():
+    """docs/architecture.md's layering: rows / options are leaves, reference
+    imports rows, backends imports the backends' code, functional imports
+    backends, and nothing imports back up (the root package, which only
+    re-exports the public names, is left out).  No module reaches into
+    another's private names."""
+    deps = _package_imports()
+    private = sorted(f"{m} imports {n} from {d}" for m, edges in deps.items()
+                     for d, n in edges
+                     if n.startswith("_") and not n.startswith("__") and n != "_C")
+    assert not private, private
+    graph = {m: {d for d, _ in edges if d not in ("momkernels", m)} for m, edges in deps.items()}
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for d in sorted(graph[m]):
+            assert state.get(d) != 1, "import cycle: " + " -> ".join(path + [m, d])
+            if d not in state:
+                visit(d, path + [m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    assert {"momkernels.rows", "momkernels.options"} <= set(graph)
+    assert not graph["momkernels.rows"] and not graph["momkernels.options"]
+    assert graph["momkernels.reference"] == {"momkernels.rows"}
 
 
 # ------------------------------------------------------------- the torch we support

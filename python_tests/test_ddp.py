@@ -109,6 +109,11 @@ def _worker(rank, port, out_dir):
         ids, mask, lab = ids[rows], mask[rows], lab[rows]
         ddp = DDP(model)
         res = {"valid": int((lab != -100).sum())}
+        # docs/SEMANTICS.md S11 across ranks: with int32 targets an ignore_index
+        # outside int32 matches no row (2**32 must not wrap to class 0)
+        every = lab.clamp_min(0).int()  # padding -> class 0: every token is a row
+        res["d_int32"] = [float(global_denominator(every, w, ignore_index=2**32))
+                          for w in (None, WEIGHT)]
         for name in tuple(CASES) + ("naive-mom", "naive-paper"):
             ddp.zero_grad(set_to_none=True)
             logits = ddp(input_ids=ids, attention_mask=mask).logits
@@ -143,6 +148,9 @@ def test_ddp_gradient_equals_single_process(tmp_path):
     assert ddp["valid"] != v1  # the ranks hold different numbers of valid tokens
 
     model, ids, mask, lab = _setup()
+    every = lab.clamp_min(0)
+    assert ddp["d_int32"][0] == every.numel()
+    assert abs(ddp["d_int32"][1] - float(WEIGHT[every].sum())) <= 1e-5 * every.numel()
     for name in CASES:
         model.zero_grad(set_to_none=True)
         logits = model(input_ids=ids, attention_mask=mask).logits

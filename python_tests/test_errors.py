@@ -212,6 +212,24 @@ def test_module_errors():
         momkernels.MoMLoss(0.5, mom_norm=-1)
     with pytest.raises(ValueError, match="mom_norm"):  # the per-call override is checked too
         momkernels.MoMLoss(0.5)(_x(), _t(), mom_norm=0.0)
+    m = momkernels.MoMLoss(0.5)
+    with pytest.raises(ValueError, match="lam"):  # an option set on the module is checked
+        m.lam = 1.5
+    with pytest.raises(ValueError, match="loss"):
+        m.loss = "hinge"
+    m.lam, m.loss = 0.25, "focal"
+    assert (m.options.lam, m.options.loss) == (0.25, "focal")
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpp", "torch"])
+def test_inplace_backward_is_a_triton_option(backend):
+    """inplace_backward=True asks the Triton backward to write the gradient over
+    the logits: with any other backend ("auto" included, which may choose
+    another) it is a ValueError naming it, for the function and the module."""
+    with pytest.raises(ValueError, match=rf"inplace_backward.*triton.*'{backend}'"):
+        _mom(_x(), _t(), backend=backend, inplace_backward=True)
+    with pytest.raises(ValueError, match=rf"inplace_backward.*triton.*'{backend}'"):
+        momkernels.MoMLoss(0.5, backend=backend, inplace_backward=True)
 
 
 # ------------------------------------------------------------- target range

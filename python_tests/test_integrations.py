@@ -7,7 +7,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import momkernels  # noqa: E402
-from momkernels.integrations.distributed import global_mean_mom_cross_entropy  # noqa: E402
+from momkernels.integrations.distributed import (  # noqa: E402
+    global_denominator,
+    global_mean_mom_cross_entropy,
+)
 from momkernels.integrations.transformers import (  # noqa: E402
     mom_compute_loss_func,
     use_mom_loss,
@@ -236,3 +239,31 @@ def test_global_mean_single_process_equals_mean():
     for bad in (0, -1.0, float("nan"), float("inf"), True, "paper"):
         with pytest.raises(ValueError, match="mom_norm"):
             global_mean_mom_cross_entropy(x, y, 0.3, mom_norm=bad)
+
+
+@pytest.mark.parametrize("ignore_index", [2**32, 2**32 + 1, -2**31 - 1, 2**40])
+def test_global_mean_int32_targets_ignore_index_outside_int32(ignore_index):
+    """docs/SEMANTICS.md S11 in the distributed path: an ignore_index outside
+    the int32 range matches no int32 target.  The global denominator counts
+    valid rows with rows.valid_denominator, which compares exactly; a plain
+    ``t != ignore_index`` on int32 targets wraps 2**32 to 0 (2**32 + 1 to 1)
+    and would leave that class's rows out of D."""
+    torch.manual_seed(0)
+    x = torch.randn(24, C, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, C, (24,))
+    y[:6], y[6:9] = 0, 1  # rows of the classes a wrapped comparison would drop
+    w = torch.rand(C, dtype=torch.float64) + 0.5
+    for weight in (None, w):
+        want_d = 24.0 if weight is None else float(w[y].sum())
+        d32 = global_denominator(y.int(), weight, ignore_index=ignore_index)
+        d, rows = global_denominator(y.int(), weight, ignore_index=ignore_index, with_rows=True)
+        assert float(d32) == float(d) == pytest.approx(want_d, rel=1e-12) and float(rows) == 24
+        for norm in ("valid", "rows", 40.0):
+            a = global_mean_mom_cross_entropy(x, y.int(), 0.3, o_index=0, weight=weight,
+                                              ignore_index=ignore_index, mom_norm=norm)
+            # nothing is ignored: the plain mean over int64 targets
+            b = momkernels.mom_cross_entropy(x, y, 0.3, o_index=0, weight=weight, mom_norm=norm)
+            ga, = torch.autograd.grad(a, x)
+            gb, = torch.autograd.grad(b, x)
+            torch.testing.assert_close(a, b, msg=f"{norm} weight={weight is not None}")
+            torch.testing.assert_close(ga, gb, msg=f"{norm} weight={weight is not None}")

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import momkernels
-from helpers import BACKENDS
-from momkernels import functional, ops, reference
+from helpers import BACKENDS, assert_close
+from momkernels import backends, ops, reference
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
@@ -79,6 +79,52 @@ def test_torch_backend_int32_target_ignore_index_does_not_wrap():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+def _confident_rows_float64(x, t, loss, gamma=2.0, dice_alpha=1.0, dice_smooth=0.01):
+    """Per-row focal / dice loss (docs/spec.md §4) of float64 rows whose target
+    is their largest logit, without cancellation: r = sum_{c != y}
+    exp(x_c - x_y) <= C - 1, log p_y = -log1p(r), q = 1 - p_y = r / (1 + r)."""
+    d = x - x.gather(1, t[:, None])
+    r = torch.where(F.one_hot(t, x.shape[1]).bool(), 0.0, d.exp()).sum(1)
+    lp, q, p = -torch.log1p(r), r / (1 + r), 1 / (1 + r)
+    if loss == "focal":
+        return -q**gamma * lp
+    a = q**dice_alpha * p
+    return 1 - (2 * a + dice_smooth) / (a + 1 + dice_smooth)
+
+
+@pytest.mark.parametrize("loss,kw", [("focal", {}), ("focal", {"gamma": 0.5}), ("dice", {}),
+                                     ("dice", {"dice_alpha": 0.5})], ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_confident_focal_and_dice_rows_fp32(backend, loss, kw):
+    # reference.py (backend "torch") took q = 1 - p_y from float32 log_softmax,
+    # whose log p_y = -log(1 + r) rounds 1 + r: every part of q = r / (1 + r)
+    # below float32's epsilon was lost (for logits of scale 10, 6e-4 absolute
+    # on a dice row of ~1 with dice_alpha = 0.5, and focal values of tiny q
+    # wrong by several times themselves).  The kernels form log p_y =
+    # -log1p(r); so does the reference now.  Values and gradients against a
+    # float64 evaluation written without cancellation.
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(256, 9, generator=g, dtype=torch.float64) * 10).float()
+    t = x.argmax(1)  # confident rows: the target is the largest logit
+    x.requires_grad_(True)
+    out = momkernels.mom_cross_entropy(x, t, 1.0, loss=loss, reduction="none", backend=backend,
+                                       **kw)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    x64 = x.detach().double().requires_grad_(True)
+    want = _confident_rows_float64(x64, t, loss, **kw)
+    (want_grad,) = torch.autograd.grad(want.sum(), x64)
+    # float32 math: a few ulps relative, down to float32's smallest normal number
+    tiny = torch.finfo(torch.float32).tiny
+    assert_close(out, want, rtol=1e-5, atol=tiny, name=f"{backend} {loss} {kw} loss")
+    if kw.get("dice_alpha", 1.0) < 1:
+        return  # d a / d p = q^(alpha-1) (q - alpha p) cancels: no rowwise bound
+    # each gradient row to 1e-5 of its largest entry (the q-sized target entry
+    # of a confident row was 0, or off by several times itself)
+    row = want_grad.abs().amax(1, keepdim=True).clamp_min(tiny)
+    assert_close(grad / row, want_grad / row, rtol=0, atol=1e-5,
+                 name=f"{backend} {loss} {kw} grad / row max")
+
+
 def test_cross_entropy_ignore_index_int64_min():
     # cross_entropy picked o_index = ignore_index - 1, which overflows int64 for
     # ignore_index = -2**63 (RuntimeError from the operator schema).
@@ -137,8 +183,8 @@ def test_cpp_availability_on_cuda_traces_under_fullgraph_compile():
     # that branch; here it is traced for a CUDA device.
     def f(x):
         cuda = torch.device("cuda")
-        ok = functional._cpp_unavailable_reason(cuda) is None
-        return x + (1.0 if ok else 2.0) + (3.0 if functional._auto_backend(cuda) == "cpp" else 4.0)
+        ok = backends.unavailable_reason("cpp", cuda) is None
+        return x + (1.0 if ok else 2.0) + (3.0 if backends.auto_backend(cuda) == "cpp" else 4.0)
 
     torch._dynamo.reset()
     x = torch.zeros(3)

@@ -33,7 +33,7 @@ triton = pytest.importorskip("triton", reason="triton is not installed")
 
 import momkernels  # noqa: E402
 from helpers import assert_close, grad_tol, oracle, value_tol  # noqa: E402
-from momkernels import functional, reference  # noqa: E402
+from momkernels import backends, reference  # noqa: E402
 
 mt = pytest.importorskip("momkernels.triton")
 
@@ -163,15 +163,15 @@ def test_cpu_without_interpreter_says_why():
 def test_auto_backend_table(monkeypatch):
     """CUDA: cpp when built with CUDA, else triton; CPU: cpp (never interpreted triton)."""
     cuda = torch.device("cuda")
-    monkeypatch.setattr(functional, "_unavailable_reason", lambda b, d: None)
-    assert functional._auto_backend(cuda) == "cpp"
-    monkeypatch.setattr(functional, "_unavailable_reason",
+    monkeypatch.setattr(backends, "unavailable_reason", lambda b, d: None)
+    assert backends.auto_backend(cuda) == "cpp"
+    monkeypatch.setattr(backends, "unavailable_reason",
                         lambda b, d: "built without CUDA" if b == "cpp" else None)
-    assert functional._auto_backend(cuda) == "triton"
-    assert functional._auto_backend(torch.device("cpu")) == "torch"
-    monkeypatch.setattr(functional, "_unavailable_reason",
+    assert backends.auto_backend(cuda) == "triton"
+    assert backends.auto_backend(torch.device("cpu")) == "torch"
+    monkeypatch.setattr(backends, "unavailable_reason",
                         lambda b, d: None if b == "torch" else "no")
-    assert functional._auto_backend(cuda) == "torch"
+    assert backends.auto_backend(cuda) == "torch"
 
 
 def test_launch_config_table():
@@ -335,7 +335,7 @@ def test_float64_goes_to_another_backend(gen):
     x = logits(11, 9, torch.float64, gen=gen)
     t = targets(11, 9, gen=gen)
     out = momkernels.mom_cross_entropy(x, t, 0.3, backend="triton", label_smoothing=0.1)
-    other = "cpp" if functional._cpp_unavailable_reason(x.device) is None else "torch"
+    other = "cpp" if backends.unavailable_reason("cpp", x.device) is None else "torch"
     ref = momkernels.mom_cross_entropy(x, t, 0.3, backend=other, label_smoothing=0.1)
     assert out.dtype == torch.float64 and torch.equal(out, ref)
     with pytest.raises(RuntimeError, match="float16, bfloat16 or float32"):
@@ -455,9 +455,8 @@ def test_no_host_sync(C, reduction, gen, monkeypatch):
 
 
 def _loss_inplace(x, t, inplace, **kw):
-    return mt.mom_loss(x, t, kw.get("weight"), 0.175, 1, -100, kw.get("loss", "ce"), 2.0, 1.0,
-                       0.01, kw.get("label_smoothing", 0.0), kw.get("reduction", "mean"), "valid",
-                       inplace_backward=inplace)
+    return momkernels.mom_cross_entropy(x, t, 0.175, o_index=1, backend="triton",
+                                        inplace_backward=inplace, **kw)
 
 
 @pytest.mark.parametrize("C", [9, BIG_C])
@@ -495,6 +494,26 @@ def test_inplace_backward_falls_back_for_overlapping_rows(gen):
     (g,) = torch.autograd.grad(_loss_inplace(h, t, True), x)
     assert torch.equal(h.detach(), before)
     assert not tops.can_write_in_place(h)
+
+
+def test_inplace_backward_through_the_module(gen):
+    """MoMLoss keeps inplace_backward in its options: same gradient as without,
+    written into the logits' memory; float64 logits (computed by another
+    backend) keep theirs."""
+    x = logits(12, 9, torch.float32, gen=gen)
+    t = targets(12, 9, gen=gen)
+    m = momkernels.MoMLoss(0.175, o_index=1, loss="focal", backend="triton",
+                           inplace_backward=True)
+    h = x * 1.0
+    m(h, t).backward()
+    (want,) = torch.autograd.grad(momkernels.mom_cross_entropy(
+        x, t, 0.175, o_index=1, loss="focal", backend="triton"), x)
+    assert torch.equal(x.grad, want) and torch.equal(h.detach(), want)
+    x64 = x.detach().double().requires_grad_(True)
+    h64 = x64 * 1.0
+    before = h64.detach().clone()
+    m(h64, t).backward()
+    assert torch.equal(h64.detach(), before)
 
 
 def test_inplace_backward_unsafe_uses_are_caught(gen):

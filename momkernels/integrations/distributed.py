@@ -14,7 +14,8 @@ S = sum_r S_r, D = sum_r D_r: tokens on a rank with few tokens weigh more.
 so that DDP's gradient average gives (1/R) * sum_r grad(S_r) * R / D =
 grad(S) / D -- exactly the single-process gradient of the mean loss over the
 concatenated global batch.  D is the number of valid tokens (``target !=
-ignore_index``), or sum_i w_{y_i} when class weights are given (PyTorch's
+ignore_index``, compared exactly: ``rows.valid_denominator``), or sum_i w_{y_i}
+when class weights are given (PyTorch's
 weighted-mean denominator, see docs/spec.md), summed over ranks with one
 ``all_reduce`` of a detached local count.  (For ``mom_norm="valid"`` the MoM
 mean is sum-reduction / D, so this is the same formula for every ``loss=``.)
@@ -44,8 +45,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..functional import _check_mom_norm, mom_cross_entropy
-from ..reference import valid_denominator, valid_rows
+from ..functional import mom_cross_entropy
+from ..options import check_mom_norm
+from ..rows import valid_denominator, valid_rows
 
 __all__ = ["global_denominator", "global_mean_mom_cross_entropy", "world_size"]
 
@@ -86,7 +88,7 @@ def global_mean_mom_cross_entropy(input: Tensor, target: Tensor, lam: float = 0.
     the paper's normalisation: sentences of the global batch x M).
     Other keyword arguments (``loss``, ``gamma``, ``backend``, ...) are passed on.
     """
-    _check_mom_norm(mom_norm)
+    check_mom_norm(mom_norm)
     if kwargs.get("reduction", "mean") != "mean":
         raise ValueError("global_mean_mom_cross_entropy: reduction is always the global mean; "
                          f"got reduction={kwargs['reduction']!r}")

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from ..functional import mom_cross_entropy
-from ..reference import valid_denominator
+from ..rows import valid_denominator
 
 PAPER_PADDED_LENGTH = 128  # M of the paper's experiments
 

@@ -3,8 +3,8 @@
     import momkernels
     loss = momkernels.mom_cross_entropy(logits, labels, 0.175, backend="triton")
     # or, with the gradient written over the logits (see below):
-    loss = momkernels.triton.mom_loss(x, t, None, 0.175, 0, -100, "ce", 2.0, 1.0, 0.01,
-                                      0.0, "mean", "valid", inplace_backward=True)
+    loss = momkernels.mom_cross_entropy(logits, labels, 0.175, backend="triton",
+                                        inplace_backward=True)
 
 Where it runs: CUDA (and ROCm) tensors; CPU tensors only under the Triton
 interpreter (``TRITON_INTERPRET=1`` in the environment *before* triton or
@@ -18,12 +18,13 @@ none / sum / mean, mom_norm valid / rows / a number, float16 / bfloat16 / float3
 logits with any strides, int32 / int64 targets.
 
 float64 logits: the kernels compute in float32, which docs/spec.md does not allow
-for float64 input, so ``mom_loss`` hands float64 to the ``"cpp"`` backend
-(or the ``"torch"`` reference when the extension is not built).  The result
-is correct; it just is not a Triton kernel.
+for float64 input, so the backend table (momkernels/backends.py) hands float64
+to the ``"cpp"`` backend (or the ``"torch"`` reference when the extension is
+not built).  The result is correct; it just is not a Triton kernel.
 
-``inplace_backward=True`` (off by default; ``momkernels.triton.mom_loss``
-only) writes the gradient into the logits' own memory instead of a new
+``inplace_backward=True`` (off by default; a keyword of
+``momkernels.mom_cross_entropy`` and ``MoMLoss`` that only ``backend="triton"``
+accepts) writes the gradient into the logits' own memory instead of a new
 (N, C) buffer -- the Liger-Kernel trick, saving one logits-sized allocation
 in the backward.  After ``backward()`` the logits tensor holds the gradient.
 It is UNSAFE whenever the logits' values are needed after this loss's
@@ -39,8 +40,9 @@ backward has run:
 
 It is safe in the usual training step where the logits are produced by the
 model head and only consumed by this loss.  For logits whose rows overlap or
-whose classes are not unit-stride (``expand``-ed, transposed), the in-place
-request is ignored and a new buffer is used.
+whose classes are not unit-stride (``expand``-ed, transposed), and for float64
+logits (computed by another backend), the in-place request is ignored and a
+new buffer is used.
 
 Targets outside [0, C) that are not ``ignore_index`` are never used as an
 address: their row's loss and gradient row are NaN (so is any reduced loss
@@ -60,6 +62,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from ..options import LossOptions
 
 __all__ = ["mom_loss", "is_available", "unavailable_reason"]
 
@@ -94,27 +98,15 @@ def is_available(device: torch.device | str = "cuda") -> bool:
     return unavailable_reason(device) is None
 
 
-def mom_loss(input: Tensor, target: Tensor, weight: Optional[Tensor], lam: float, o_index: int,
-             ignore_index: int, loss: str, gamma: float, dice_alpha: float, dice_smooth: float,
-             label_smoothing: float, reduction: str, mom_norm: str, *,
-             inplace_backward: bool = False) -> Tensor:
-    """The MoM loss of validated (N, C) logits and (N,) targets with the Triton kernels.
+def mom_loss(input: Tensor, target: Tensor, weight: Optional[Tensor],
+             options: LossOptions) -> Tensor:
+    """The MoM loss of (N, C) float16/bfloat16/float32 logits and (N,) targets
+    with the Triton kernels: the ``"triton"`` row of momkernels/backends.py.
 
-    Same signature as ``momkernels.ops.mom_loss`` (arguments already checked by
-    ``momkernels.functional``), plus ``inplace_backward`` (see the module
-    docstring for when it is unsafe).  float64 logits go to the ``"cpp"``
-    backend (``"torch"`` when the extension is not built): the kernels
-    compute in float32 only.
+    ``options`` are validated (``momkernels.options.LossOptions``), and
+    ``options.inplace_backward`` asks for the in-place backward (see the
+    module docstring for when it is unsafe).
     """
-    if input.dtype == torch.float64:
-        from .. import functional
-
-        name = "cpp" if functional._cpp_unavailable_reason(input.device) is None else "torch"
-        return functional._LOSS_FN[name](input, target, weight, lam, o_index, ignore_index, loss,
-                                         gamma, dice_alpha, dice_smooth, label_smoothing,
-                                         reduction, mom_norm)
     if _import_error is not None:
         raise RuntimeError(unavailable_reason(input.device))
-    return _ops.mom_loss(input, target, weight, lam, o_index, ignore_index, loss, gamma,
-                         dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm,
-                         inplace_backward=inplace_backward)
+    return _ops.mom_loss(input, target, weight, options)

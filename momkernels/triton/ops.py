@@ -17,8 +17,8 @@ label smoothing's gradient), all three computed on the device.
 
 Inputs are float16 / bfloat16 / float32 logits (N, C) with any strides,
 int32 / int64 targets (N,) with any stride; the math is float32.  float64
-logits are not handled here (``momkernels.triton.mom_loss`` routes them to
-another backend).
+logits are not handled here: the backend table (momkernels/backends.py) hands
+them on to another backend.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.library import triton_op
 from torch.types import Number
 
-from ..reference import mom_norm_args
+from ..options import LossOptions
 from . import kernels as K
 # The kernels by plain name, launched as ``wrap_triton(mom_fwd_kernel)``: the
 # only form in which torch finds a triton_op's kernels (torch/_library/triton.py,
@@ -262,14 +262,11 @@ def _backward(ctx, grad_loss, _grad_stats, _grad_coef):
 triton_mom_loss_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def mom_loss(input: Tensor, target: Tensor, weight: Optional[Tensor], lam: float, o_index: int,
-             ignore_index: int, loss: str, gamma: float, dice_alpha: float, dice_smooth: float,
-             label_smoothing: float, reduction: str, mom_norm, *,
-             inplace_backward: bool = False) -> Tensor:
-    """The loss of float16/bfloat16/float32 (N, C) logits via the Triton operators."""
-    norm, denom = mom_norm_args(mom_norm)
+def mom_loss(input: Tensor, target: Tensor, weight: Optional[Tensor],
+             options: LossOptions) -> Tensor:
+    """The loss of float16/bfloat16/float32 (N, C) logits via the Triton operators:
+    ``options`` flattened to the schema of ``triton_mom_loss_fwd`` (the C++
+    operators' arguments, then ``inplace_backward``)."""
     out, _, _ = torch.ops.momkernels.triton_mom_loss_fwd(
-        input, target, weight, float(lam), int(o_index), int(ignore_index), loss, float(gamma),
-        float(dice_alpha), float(dice_smooth), float(label_smoothing), reduction, norm, denom,
-        bool(inplace_backward))
+        input, target, weight, *options.op_args(), options.inplace_backward)
     return out

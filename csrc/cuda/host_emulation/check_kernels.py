@@ -23,6 +23,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "python_tests"))
 
 from momkernels import reference  # noqa: E402
+from momkernels.options import mom_norm_args  # noqa: E402
 
 CUDA_HOME = os.environ.get("CUDA_HOME", "/usr/local/cuda")
 
@@ -96,7 +97,7 @@ def run_case(emu, N, C, dtype, layout, opts, lam, reduction, mom_norm, weighted,
     args = (lam, 1 if C > 1 else 0, -100, opts.get("loss", "ce"), opts.get("gamma", 2.0),
             opts.get("dice_alpha", 1.0), opts.get("dice_smooth", 0.01),
             opts.get("label_smoothing", 0.0))
-    norm_args = reference.mom_norm_args(mom_norm)  # ("fixed", number) for a number
+    norm_args = mom_norm_args(mom_norm)  # ("fixed", number) for a number
     out, stats, coef = emu.fwd(x, t, w, *args, reduction, *norm_args)
     o_index = args[1]
     # reference value and gradient (float64)
