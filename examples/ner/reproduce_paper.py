@@ -48,8 +48,8 @@ an ablation; the page keeps the section "Ablation: mom_norm=valid (previous
 run)" of the page it replaces (the first regeneration over a page made with
 ``mom_norm="valid"`` moves that page there).
 
-``mom-tuned``: ``--optuna-trials`` trials of optuna's TPESampler(seed=0) over
-lambda in [0, 1], each training on a ``--tune-max-train`` subset for
+``mom-tuned``: ``--optuna-trials`` trials of optuna's TPESampler(seed=0), the
+first half of them random (n_startup_trials), over lambda in [0, 1], each training on a ``--tune-max-train`` subset for
 ``--tune-epochs`` epochs (seed 0) and maximising dev entity F1; then MoM with
 the best lambda over all seeds.  Trials are kept in ``--out``/tuning.json.
 
@@ -504,7 +504,9 @@ def make_table(records, tuning, meta, old_doc: str = "", plot_path=None) -> str:
                  f"{report.norm_desc(norm, meta.get('max_length', 128))}")
     if tuning and tuning.get("trials"):
         tr = ", ".join(f"λ={t['lam']:.3f}: {t['dev_entity_f1'] * 100:.2f}" for t in tuning["trials"])
-        lines.append(f"- λ tuning: Optuna TPESampler(seed=0), {len(tuning['trials'])} trials over "
+        lines.append(f"- λ tuning: Optuna TPESampler(seed=0, n_startup_trials="
+                     f"{tuning.get('n_startup_trials', 10)}: the first ones random), "
+                     f"{len(tuning['trials'])} trials over "
                      f"[0, 1] with mom_norm=\"{tuning.get('mom_norm', 'valid')}\", each "
                      f"{tuning.get('epochs')} epoch(s) on {tuning.get('n_train')} "
                      f"training sentences, maximising dev entity F1 ({tr}); best λ = "
@@ -855,7 +857,12 @@ def tune_lambda(args, tuning, tune_p, budget_s, t0, last) -> dict:
     trials = tuning.get("trials", [])
     tcfg = train_config(args, max_train=args.tune_max_train, epochs=args.tune_epochs)
     tprep = Prepared(tcfg)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    # TPE samples its first n_startup_trials at random (optuna's default: 10), so
+    # with the few trials a CPU budget allows the default would be a pure random
+    # search; half of them random, the rest guided by TPE.
+    startup = max(1, min(10, args.optuna_trials // 2))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(
+        seed=0, n_startup_trials=startup))
     for t in trials:  # resume: tell TPE what was already tried
         study.add_trial(optuna.trial.create_trial(
             params={"lam": t["lam"]},
@@ -881,7 +888,7 @@ def tune_lambda(args, tuning, tune_p, budget_s, t0, last) -> dict:
         best = max(trials, key=lambda t: t["dev_entity_f1"])
         tuning = {"trials": trials, "best_lam": best["lam"], "n_train": len(tprep.train),
                   "epochs": args.tune_epochs, "metric": "dev entity F1",
-                  "mom_norm": args.mom_norm}
+                  "mom_norm": args.mom_norm, "n_startup_trials": startup}
         tune_p.write_text(json.dumps(tuning, indent=1))
     return tuning
 
