@@ -9,10 +9,14 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <cstdlib>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <typeinfo>
+#include <vector>
+
+#include "cpu/grad_plan.h"
+#include "op_common.h"
 
 namespace momkernels {
 namespace {
@@ -21,19 +25,20 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 using FwdFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, int64_t,
-    int64_t, c10::string_view, double, double, double, double, c10::string_view, c10::string_view,
-    const c10::Scalar&);
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double,
+    std::optional<int64_t>, int64_t, c10::string_view, double, double, double, double,
+    c10::string_view, c10::string_view, const c10::Scalar&);
 using BwdFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                          const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
-                         int64_t, int64_t, c10::string_view, double, double, double, double);
+                         std::optional<int64_t>, int64_t, c10::string_view, double, double, double,
+                         double);
 
 using FusedFwdFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, int64_t,
-    int64_t, c10::string_view, double, double, double, double, c10::string_view, c10::string_view,
-    const c10::Scalar&);
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double,
+    std::optional<int64_t>, int64_t, c10::string_view, double, double, double, double,
+    c10::string_view, c10::string_view, const c10::Scalar&);
 using FusedBwdFn = void(at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                        int64_t, int64_t);
+                        std::optional<int64_t>, int64_t);
 
 const c10::TypedOperatorHandle<FusedFwdFn>& fused_fwd_op() {
   static const auto op = c10::Dispatcher::singleton()
@@ -49,26 +54,65 @@ const c10::TypedOperatorHandle<FusedBwdFn>& fused_bwd_op() {
   return op;
 }
 
-// Small C on the CPU: the forward kernel also computes the gradient (for a
-// unit upstream gradient), and the backward only scales it in place.  At the
-// NER shape (8192 x 9) this replaces a second pass that re-reads the logits,
-// re-transposes them and recomputes every exp with one multiply.  All four
-// float dtypes; a half-precision gradient is rounded once (see backward).
-// MOMKERNELS_FUSED=0 turns it off.
-bool use_fused(const at::Tensor& input) {
-  static const bool enabled = [] {
-    const char* env = std::getenv("MOMKERNELS_FUSED");
-    return env == nullptr || std::string(env) != "0";
-  }();
-  // sym_size, not size: under torch.compile size() would materialise the
-  // symbolic row count and specialise the graph on N (one graph per batch
-  // shape); a symbolic C (never a NER head) just takes the unfused path
-  if (!(enabled && input.device().is_cpu() && input.dim() == 2 &&
-        at::isFloatingType(input.scalar_type()))) {
-    return false;
+// mom_loss_fwd's scalar arguments as the schema has them, kept by the
+// autograd node (as one IValue tuple) to call the operators again; parsed
+// with op_common.h's parser, the operators' own.
+struct ScalarArgs {
+  double lam;
+  std::optional<int64_t> o_index;
+  int64_t ignore_index;
+  std::string loss;
+  double gamma, dice_alpha, dice_smooth, label_smoothing;
+  std::string reduction, mom_norm;
+  c10::Scalar mom_denom;
+
+  // The options that the plan reads.  Neither MoM denominator is one of
+  // them: rows = 0 and mom_denom 1 stand in for N and mom_denom, which under
+  // torch.compile are symbolic (reading them would specialise the graph on
+  // the batch shape); the operator parses the real ones.
+  OpOptions parse() const {
+    return parse_forward_options(lam, o_index, ignore_index, loss, gamma, dice_alpha,
+                                 dice_smooth, label_smoothing, reduction, mom_norm,
+                                 c10::Scalar(1.0), 0);
   }
-  const std::optional<int64_t> C = input.sym_size(1).maybe_as_int();
-  return C.has_value() && *C <= 64;
+
+  c10::IValue pack() const {
+    return c10::ivalue::Tuple::create(std::vector<c10::IValue>{
+        lam, o_index.has_value() ? c10::IValue(*o_index) : c10::IValue(), ignore_index, loss,
+        gamma, dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm, mom_denom});
+  }
+
+  static ScalarArgs unpack(const c10::IValue& v) {
+    const std::vector<c10::IValue> e = v.toTupleRef().elements().vec();
+    return ScalarArgs{e[0].toDouble(),
+                      e[1].isNone() ? std::nullopt : std::optional<int64_t>(e[1].toInt()),
+                      e[2].toInt(),
+                      e[3].toStringRef(),
+                      e[4].toDouble(),
+                      e[5].toDouble(),
+                      e[6].toDouble(),
+                      e[7].toDouble(),
+                      e[8].toStringRef(),
+                      e[9].toStringRef(),
+                      e[10].toScalar()};
+  }
+};
+
+// The gradient plan for this call (cpu/grad_plan.h), from the logits'
+// metadata: sym_size, not size, for C -- under torch.compile size() would
+// materialise the symbolic row count and specialise the graph on N (one graph
+// per batch shape); a symbolic C (never a NER head) takes the unfused path.
+cpu::GradPlan gradient_plan(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                            const OpOptions& o) {
+  cpu::GradInputs g;
+  g.cpu = input.device().is_cpu();
+  g.dim = input.dim();
+  g.floating = at::isFloatingType(input.scalar_type());
+  g.half = at::isReducedFloatingType(input.scalar_type());
+  if (g.dim == 2) g.C = input.sym_size(1).maybe_as_int();
+  g.weighted = weight.has_value();
+  g.fusion_enabled = cpu::fusion_enabled_by_env();
+  return cpu::plan_gradient(g, o);
 }
 
 const c10::TypedOperatorHandle<FwdFn>& fwd_op() {
@@ -119,45 +163,35 @@ class MoMLoss : public torch::autograd::Function<MoMLoss> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                               double lam, int64_t o_index, int64_t ignore_index,
-                               const std::string& loss, double gamma, double dice_alpha,
-                               double dice_smooth, double label_smoothing,
-                               const std::string& reduction, const std::string& mom_norm,
-                               const c10::Scalar& mom_denom) {
+                               const ScalarArgs& a) {
     at::AutoDispatchBelowADInplaceOrView guard;
     at::Tensor out, stats, coef;
-    if (use_fused(input)) {
+    const cpu::GradPlan plan = gradient_plan(input, weight, a.parse());
+    if (plan.mode != cpu::GradMode::SEPARATE) {
+      // small C on the CPU: the forward kernel also computes the gradient
+      // (for a unit upstream gradient), and the backward only scales it in
+      // place, if anything.  At the NER shape (8192 x 9) this replaces a
+      // second pass that re-reads the logits, re-transposes them and
+      // recomputes every exp with one multiply.
       at::Tensor grad_fused, gscale;
-      std::tie(out, stats, coef, grad_fused, gscale) =
-          fused_fwd_op().call(input, target, weight, lam, o_index, ignore_index, loss, gamma,
-                              dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm,
-                              mom_denom);
+      std::tie(out, stats, coef, grad_fused, gscale) = fused_fwd_op().call(
+          input, target, weight, a.lam, a.o_index, a.ignore_index, a.loss, a.gamma, a.dice_alpha,
+          a.dice_smooth, a.label_smoothing, a.reduction, a.mom_norm, a.mom_denom);
       // kept in saved_data, not save_for_backward: the backward scales it in
       // place and hands it on as the gradient (so no version check), then
       // drops it; a second backward (retain_graph) recomputes from the logits
       ctx->saved_data["grad_fused"] = grad_fused;
       ctx->saved_data["gscale"] = gscale;
-      ctx->saved_data["fused"] = true;
-      ctx->saved_data["lam"] = lam;
-      ctx->saved_data["reduction"] = reduction;
-      ctx->saved_data["mom_norm"] = mom_norm;
-      ctx->saved_data["mom_denom"] = mom_denom;
     } else {
       std::tie(out, stats, coef) =
-          fwd_op().call(input, target, weight, lam, o_index, ignore_index, loss, gamma,
-                        dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm,
-                        mom_denom);
+          fwd_op().call(input, target, weight, a.lam, a.o_index, a.ignore_index, a.loss, a.gamma,
+                        a.dice_alpha, a.dice_smooth, a.label_smoothing, a.reduction, a.mom_norm,
+                        a.mom_denom);
     }
     // The logits are saved as they are (no copy): the backward recomputes the
     // softmax from them and the per-row (max, log-normaliser) stats.
     ctx->save_for_backward({input, target, weight.value_or(at::Tensor()), stats, coef});
-    ctx->saved_data["o_index"] = o_index;
-    ctx->saved_data["ignore_index"] = ignore_index;
-    ctx->saved_data["loss"] = loss;
-    ctx->saved_data["gamma"] = gamma;
-    ctx->saved_data["dice_alpha"] = dice_alpha;
-    ctx->saved_data["dice_smooth"] = dice_smooth;
-    ctx->saved_data["label_smoothing"] = label_smoothing;
+    ctx->saved_data["args"] = a.pack();
     ctx->mark_non_differentiable({stats, coef});
     // stats and coef never receive gradients: do not materialise zeros for them
     ctx->set_materialize_grads(false);
@@ -167,63 +201,60 @@ class MoMLoss : public torch::autograd::Function<MoMLoss> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& input = saved[0];
-    variable_list result(14);
+    const at::Tensor& target = saved[1];
+    variable_list result(4);
     if (!grads[0].defined() || !ctx->needs_input_grad(0)) return result;
     std::optional<at::Tensor> weight;
     if (saved[2].defined()) weight = saved[2];
     auto& d = ctx->saved_data;
-    if (d.count("fused")) {
-      auto it = d.find("grad_fused");
+    const ScalarArgs a = ScalarArgs::unpack(d.at("args"));
+    auto it = d.find("grad_fused");
+    if (it != d.end()) {
       const at::Tensor& gscale = d.at("gscale").toTensor();
       // loss.backward() of a mean / sum: the upstream gradient is 1 and the
       // forward already folded the global factor in (gscale[0] == 1), so the
       // buffer is the gradient as it is: no operator call, no pass over it
       const bool unit = scalar_value(grads[0]) == 1.0 && first_value(gscale) == 1.0;
-      const bool reduced = at::isReducedFloatingType(input.scalar_type());
+      const cpu::FusedBackward step = cpu::fused_backward(
+          unit, at::isReducedFloatingType(input.scalar_type()), it->second.isTensor());
       at::Tensor g;
-      if (reduced && !unit) {
-        // a half-precision buffer is already rounded: scaling it would round
-        // a second time, so the backward operator recomputes the gradient
-        // from the logits (rounded once); the buffer is dropped
-        it->second = c10::IValue();
-      } else if (it->second.isTensor()) {
-        g = it->second.toTensor();
-        it->second = c10::IValue();  // used once: the gradient now owns it
-      } else {
-        // a second backward through the same graph (retain_graph=True): the
-        // first one consumed the buffer, so recompute it with the same
-        // kernel -- bitwise the same gradient as the first call
-        at::AutoDispatchBelowADInplaceOrView guard;
-        g = std::get<3>(fused_fwd_op().call(
-            input, saved[1], weight, d.at("lam").toDouble(), d.at("o_index").toInt(),
-            d.at("ignore_index").toInt(), d.at("loss").toStringRef(), d.at("gamma").toDouble(),
-            d.at("dice_alpha").toDouble(), d.at("dice_smooth").toDouble(),
-            d.at("label_smoothing").toDouble(), d.at("reduction").toStringRef(),
-            d.at("mom_norm").toStringRef(), d.at("mom_denom").toScalar()));
+      switch (step.source) {
+        case cpu::FusedSource::BWD_OP:
+          it->second = c10::IValue();  // dropped: mom_loss_bwd below
+          break;
+        case cpu::FusedSource::BUFFER:
+          g = it->second.toTensor();
+          it->second = c10::IValue();  // used once: the gradient now owns it
+          break;
+        case cpu::FusedSource::RECOMPUTE: {
+          // a second backward through the same graph (retain_graph=True):
+          // the same kernel, so bitwise the same gradient as the first call
+          at::AutoDispatchBelowADInplaceOrView guard;
+          g = std::get<3>(fused_fwd_op().call(input, target, weight, a.lam, a.o_index,
+                                              a.ignore_index, a.loss, a.gamma, a.dice_alpha,
+                                              a.dice_smooth, a.label_smoothing, a.reduction,
+                                              a.mom_norm, a.mom_denom));
+          break;
+        }
       }
       if (g.defined()) {
-        if (!unit) {
-          fused_bwd_op().call(g, grads[0], saved[1], gscale, d.at("o_index").toInt(),
-                              d.at("ignore_index").toInt());
-        }
+        if (step.scale) fused_bwd_op().call(g, grads[0], target, gscale, a.o_index, a.ignore_index);
         result[0] = std::move(g);
         return result;
       }
     }
-    result[0] = bwd_op().call(grads[0], input, saved[1], weight, saved[3], saved[4],
-                              d.at("o_index").toInt(), d.at("ignore_index").toInt(),
-                              d.at("loss").toStringRef(), d.at("gamma").toDouble(),
-                              d.at("dice_alpha").toDouble(), d.at("dice_smooth").toDouble(),
-                              d.at("label_smoothing").toDouble());
+    result[0] = bwd_op().call(grads[0], input, target, weight, saved[3], saved[4], a.o_index,
+                              a.ignore_index, a.loss, a.gamma, a.dice_alpha, a.dice_smooth,
+                              a.label_smoothing);
     return result;
   }
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_autograd(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    double lam, int64_t o_index, int64_t ignore_index, c10::string_view loss, double gamma,
-    double dice_alpha, double dice_smooth, double label_smoothing, c10::string_view reduction,
-    c10::string_view mom_norm, const c10::Scalar& mom_denom) {
+    double lam, std::optional<int64_t> o_index, int64_t ignore_index, c10::string_view loss,
+    double gamma, double dice_alpha, double dice_smooth, double label_smoothing,
+    c10::string_view reduction, c10::string_view mom_norm, const c10::Scalar& mom_denom) {
   if (!(at::GradMode::is_enabled() && input.requires_grad())) {
     // no graph to record (eval, no_grad, frozen logits): the plain forward,
     // without the fused path's gradient
@@ -232,9 +263,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_autograd(
                          dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm,
                          mom_denom);
   }
-  auto r = MoMLoss::apply(input, target, weight, lam, o_index, ignore_index, std::string(loss),
-                          gamma, dice_alpha, dice_smooth, label_smoothing, std::string(reduction),
-                          std::string(mom_norm), mom_denom);
+  const ScalarArgs args{lam,          o_index,         ignore_index,           std::string(loss),
+                        gamma,        dice_alpha,      dice_smooth,            label_smoothing,
+                        std::string(reduction),        std::string(mom_norm), mom_denom};
+  auto r = MoMLoss::apply(input, target, weight, args);
   return {r[0], r[1], r[2]};
 }
 

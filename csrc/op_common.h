@@ -1,10 +1,11 @@
-// Host-side pieces shared by the CPU and CUDA operators: parsing the string
-// options of the schemas into mom_loss.h's enums, argument checks and output
-// allocation.  The Python layer has already validated every argument with
-// friendlier messages; these checks guard direct torch.ops calls.
+// Host-side pieces shared by the CPU and CUDA operators and by autograd: the
+// one parser of the schemas' scalar arguments (OpOptions), argument checks
+// and output allocation.  The Python layer has already validated every
+// argument with friendlier messages; these checks guard direct torch.ops calls.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Scalar.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
@@ -67,6 +68,52 @@ inline LossOptions make_options(c10::string_view loss, double gamma, double dice
   o.dice_alpha = dice_alpha;
   o.dice_smooth = dice_smooth;
   o.label_smoothing = label_smoothing;
+  return o;
+}
+
+// The scalar arguments of one call, parsed and checked once: what the kernels,
+// the reduction and the gradient plan (cpu/grad_plan.h) read.  Every operator
+// builds it with parse_forward_options / parse_backward_options from its
+// schema arguments (registration.cpp) and passes this one value on.
+struct OpOptions {
+  LossOptions loss;                        // kind, gamma, dice_alpha, dice_smooth, label_smoothing
+  double lam = 1.0;                        // forward only
+  int64_t o_index = kNoClass;              // the schema's int? o_index; None -> kNoClass
+  int64_t ignore_index = -100;
+  Reduction reduction = Reduction::MEAN;   // forward only
+  MoMNorm mom_norm = MoMNorm::VALID;       // forward only
+  double d_mom = 0;                        // MoM denominator of 'rows' (N) / 'fixed' (mom_denom)
+};
+
+// The options of mom_loss_fwd (and mom_loss_fwd_fused): `rows` = N, the
+// denominator of mom_norm 'rows'.  Checks in the order the operators have
+// always made them: lam, then the loss options, reduction, mom_norm.
+inline OpOptions parse_forward_options(double lam, std::optional<int64_t> o_index,
+                                       int64_t ignore_index, c10::string_view loss, double gamma,
+                                       double dice_alpha, double dice_smooth,
+                                       double label_smoothing, c10::string_view reduction,
+                                       c10::string_view mom_norm, const c10::Scalar& mom_denom,
+                                       int64_t rows) {
+  TORCH_CHECK_VALUE(lam >= 0 && lam <= 1, "momkernels: lam must be in [0, 1]; got ", lam);
+  OpOptions o;
+  o.loss = make_options(loss, gamma, dice_alpha, dice_smooth, label_smoothing);
+  o.lam = lam;
+  o.o_index = o_index.value_or(kNoClass);
+  o.ignore_index = ignore_index;
+  o.reduction = parse_reduction(reduction);
+  o.mom_norm = parse_mom_norm(mom_norm, mom_denom.toDouble(), rows, o.d_mom);
+  return o;
+}
+
+// The options of mom_loss_bwd: the loss and the row bookkeeping (the
+// reduction's coefficients come in the coef tensor).
+inline OpOptions parse_backward_options(std::optional<int64_t> o_index, int64_t ignore_index,
+                                        c10::string_view loss, double gamma, double dice_alpha,
+                                        double dice_smooth, double label_smoothing) {
+  OpOptions o;
+  o.loss = make_options(loss, gamma, dice_alpha, dice_smooth, label_smoothing);
+  o.o_index = o_index.value_or(kNoClass);
+  o.ignore_index = ignore_index;
   return o;
 }
 

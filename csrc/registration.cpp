@@ -29,8 +29,11 @@ static std::string build_info() {
 }
 
 TORCH_LIBRARY(momkernels, m) {
-  // mom_norm is 'valid', 'rows' or 'fixed' (then the MoM denominator of a
-  // mean is mom_denom > 0; see op_common.h's parse_mom_norm).  mom_denom is a
+  // o_index is the majority class of the MoM term, or None (cross_entropy:
+  // no such class; lam is then 1).  mom_norm is 'valid', 'rows' or 'fixed'
+  // (then the MoM denominator of a mean is mom_denom > 0; see op_common.h's
+  // parse_mom_norm).  The operators parse these arguments once, into
+  // op_common.h's OpOptions.  mom_denom is a
   // Scalar, not a float: under torch.compile a float argument is specialised
   // (one graph per value, and the paper's sentences x M changes with the
   // batch) while a Scalar stays symbolic.
@@ -38,7 +41,7 @@ TORCH_LIBRARY(momkernels, m) {
   // 0-dim, in input's dtype; stats (N, 2) = per-row (max, log normaliser) and
   // coef (2,) = reduction coefficients (a, b), in the math dtype, for backward.
   m.def(
-      "mom_loss_fwd(Tensor input, Tensor target, Tensor? weight, float lam, int o_index, "
+      "mom_loss_fwd(Tensor input, Tensor target, Tensor? weight, float lam, int? o_index, "
       "int ignore_index, str loss, float gamma, float dice_alpha, float dice_smooth, "
       "float label_smoothing, str reduction, str mom_norm, Scalar mom_denom=0) -> "
       "(Tensor, Tensor, Tensor)");
@@ -46,7 +49,7 @@ TORCH_LIBRARY(momkernels, m) {
   // upstream gradient of loss (0-dim, or (N,) for reduction 'none').
   m.def(
       "mom_loss_bwd(Tensor grad, Tensor input, Tensor target, Tensor? weight, Tensor stats, "
-      "Tensor coef, int o_index, int ignore_index, str loss, float gamma, float dice_alpha, "
+      "Tensor coef, int? o_index, int ignore_index, str loss, float gamma, float dice_alpha, "
       "float dice_smooth, float label_smoothing) -> Tensor");
   // Forward that also returns the gradient for a unit upstream gradient (CPU;
   // the Autograd kernel of mom_loss_fwd uses it for small C): (loss, stats,
@@ -55,14 +58,14 @@ TORCH_LIBRARY(momkernels, m) {
   // * g, with exact zeros in rows that are ignored or whose coefficient
   // rel_a + rel_b [y == o_index] is 0.
   m.def(
-      "mom_loss_fwd_fused(Tensor input, Tensor target, Tensor? weight, float lam, int o_index, "
+      "mom_loss_fwd_fused(Tensor input, Tensor target, Tensor? weight, float lam, int? o_index, "
       "int ignore_index, str loss, float gamma, float dice_alpha, float dice_smooth, "
       "float label_smoothing, str reduction, str mom_norm, Scalar mom_denom=0) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor)");
   // In place: grad_fused *= upstream * g (see above).
   m.def(
       "mom_loss_bwd_fused_(Tensor(a!) grad_fused, Tensor grad, Tensor target, Tensor gscale, "
-      "int o_index, int ignore_index) -> ()");
+      "int? o_index, int ignore_index) -> ()");
   m.def("build_info() -> str", &build_info);
 }
 

@@ -165,26 +165,12 @@ class LossOptions:
         """A copy with ``changes`` applied, checked like the constructor's arguments."""
         return dataclasses.replace(self, **changes)
 
-    @property
-    def op_o_index(self) -> int:
-        """``o_index`` for the operators' schema, whose ``int o_index`` is required.
-
-        Plain cross-entropy (no majority class) passes a value that is no class
-        (negative) and differs from ``ignore_index``: with lam = 1 the MoM
-        term's coefficient is exactly 0 and is left out, so the value changes
-        nothing (the CPU tile kernel maps a non-class o_index to one no valid
-        row can match, csrc/cpu/kernel_impl.h).  Dropping it altogether needs
-        an optional ``int? o_index`` in the schemas.
-        """
-        if self.o_index is not None:
-            return self.o_index
-        return -1 if self.ignore_index != -1 else -2
-
     def op_args(self) -> tuple:
         """The scalar arguments of ``mom_loss_fwd`` after (input, target, weight),
         in schema order: lam, o_index, ignore_index, loss, gamma, dice_alpha,
-        dice_smooth, label_smoothing, reduction, mom_norm, mom_denom."""
+        dice_smooth, label_smoothing, reduction, mom_norm, mom_denom.
+        ``o_index`` is None for plain cross-entropy (the schema's ``int? o_index``)."""
         norm, denom = mom_norm_args(self.mom_norm)
-        return (self.lam, self.op_o_index, self.ignore_index, self.loss, self.gamma,
+        return (self.lam, self.o_index, self.ignore_index, self.loss, self.gamma,
                 self.dice_alpha, self.dice_smooth, self.label_smoothing, self.reduction,
                 norm, denom)

@@ -311,6 +311,60 @@ def test_op_rejects_bad_direct_calls():
         op(x, torch.tensor([0, 1, 3, 0]), *base)
 
 
+@needs_cpp
+@pytest.mark.parametrize("C", [9, 64, 100], ids=lambda c: f"C{c}")
+@pytest.mark.parametrize("ignore_index", [-100, -1, 2])
+def test_target_classification_parity(C, ignore_index, gen):
+    """mom_loss.h's target rule (valid / ignored / bad) gives the same rows
+    whichever classification loop runs: contiguous int64 targets take the
+    vector loop where the CPU has one (AVX-512), strided or int32 targets the
+    scalar one; C = 100 the row path's per-row test.  Outputs and gradients
+    bitwise equal; an out-of-range target is the same IndexError."""
+    N = 300  # more than one tile block (256 rows) and a partial vector group
+    x = torch.randn(N, C, generator=gen)
+    t = torch.randint(0, C, (N,), generator=gen)
+    t[::7] = ignore_index
+    t[3::11] = 0
+    args = (None, 0.3, 0, ignore_index, "ce", 2.0, 1.0, 0.01, 0.0, "none", "valid")
+    runs = []
+    for tt in (t, torch.stack([t, t], 1)[:, 0], t.to(torch.int32)):
+        xx = x.clone().requires_grad_(True)
+        out, stats, coef = torch.ops.momkernels.mom_loss_fwd(xx, tt, *args)
+        (g,) = torch.autograd.grad(out.sum(), xx)
+        runs.append((out, stats, g))
+    for out, stats, g in runs[1:]:
+        assert torch.equal(out, runs[0][0]) and torch.equal(stats, runs[0][1])
+        assert torch.equal(g, runs[0][2])
+    bad = t.clone()
+    bad[N - 5] = C  # out of range, in the last (partial) block
+    for tt in (bad, torch.stack([bad, bad], 1)[:, 0], bad.to(torch.int32)):
+        with pytest.raises(IndexError, match=f"Target {C} is out of bounds"):
+            torch.ops.momkernels.mom_loss_fwd(x, tt, *args)
+
+
+@needs_cpp
+@pytest.mark.parametrize("C", [9, 100], ids=lambda c: f"C{c}")
+def test_o_index_none_is_no_class(C, gen):
+    """``int? o_index``: None (cross_entropy) matches no row.  With lam = 1 it
+    is bitwise a call whose o_index is any class; opcheck accepts it."""
+    x = torch.randn(40, C, generator=gen)
+    t = torch.randint(0, C, (40,), generator=gen)
+    t[::5] = -100
+    for red in ("mean", "sum", "none"):
+        rest = (-100, "ce", 2.0, 1.0, 0.01, 0.1, red, "valid")
+        xa = x.clone().requires_grad_(True)
+        xb = x.clone().requires_grad_(True)
+        a = torch.ops.momkernels.mom_loss_fwd(xa, t, None, 1.0, None, *rest)
+        b = torch.ops.momkernels.mom_loss_fwd(xb, t, None, 1.0, 0, *rest)
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)
+        (ga,) = torch.autograd.grad(a[0].sum(), xa)
+        (gb,) = torch.autograd.grad(b[0].sum(), xb)
+        assert torch.equal(ga, gb)
+        torch.library.opcheck(torch.ops.momkernels.mom_loss_fwd.default,
+                              (x.clone().requires_grad_(True), t, None, 1.0, None, *rest))
+
+
 # ------------------------------------------------------------- torch.compile
 
 

@@ -1,7 +1,8 @@
 // Interface between the CPU operator (ops_cpu.cpp: checks, allocation,
 // at::parallel_for, the final reduction) and the vectorised kernels, which are
 // compiled once per instruction set (kernel_default.cpp, kernel_avx2.cpp,
-// kernel_avx512.cpp) from kernel_impl.h and picked at run time.
+// kernel_avx512.cpp) from kernel_impl.h and picked at run time.  Its
+// constants (kTileMaxC above all) are also what grad_plan.h decides with.
 //
 // The rows are split into blocks whose size depends on C only, never on the
 // thread count; each block writes its partial sums to its own slot and the
@@ -34,20 +35,30 @@ inline int64_t block_rows_for(int64_t C) {
   return r > 0 ? r : 1;
 }
 
-struct Common {
+// The rows of a call (mom_loss.h's RowView) and what the CPU kernels add.
+struct Common : RowView {
   c10::ScalarType dtype;  // of the logits (and of the gradient)
-  const void* x;          // logits, (N, C) with strides (sN, sC)
-  int64_t N, C, sN, sC;
-  const void* t;  // targets, (N,) with stride sT, int32 or int64
-  bool t_int32;
-  int64_t sT;
-  const void* w;  // class weights (C,) contiguous in the math dtype, or nullptr
-  double W;       // sum of the class weights (C when there are none)
-  int64_t ignore_index, o_index;
-  LossOptions opt;
-  const void* stats;  // (N, 2) math dtype: (max, log normaliser) per row
+  double W;               // sum of the class weights (C when there are none)
+  const void* stats;      // (N, 2) math dtype: (max, log normaliser) per row
   int64_t block_rows;
 };
+
+// Number of rows with a valid target (mom_loss.h's target_valid): the
+// unweighted mean's denominator, known before the kernel runs.  A branch-free
+// loop over the targets (its cost at the NER shape: docs/bench/README.md,
+// "Measurements quoted by the code").
+template <typename tgt_t>
+int64_t count_valid_span(const tgt_t* t, int64_t n, int64_t sT, int64_t C, int64_t ignore) {
+  int64_t k = 0;
+  for (int64_t i = 0; i < n; ++i) k += int64_t(target_valid(int64_t(t[i * sT]), C, ignore));
+  return k;
+}
+
+inline int64_t count_valid_rows(const Common& c) {
+  return c.t_int32
+             ? count_valid_span(static_cast<const int32_t*>(c.t), c.N, c.sT, c.C, c.ignore_index)
+             : count_valid_span(static_cast<const int64_t*>(c.t), c.N, c.sT, c.C, c.ignore_index);
+}
 
 struct FwdArgs {
   Common c;

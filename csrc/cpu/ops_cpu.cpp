@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../op_common.h"
+#include "grad_plan.h"
 #include "kernel.h"
 
 namespace momkernels::cpu {
@@ -110,7 +111,7 @@ class GradBufferCache {
 constexpr int64_t kTaskElems = 16384;
 
 Common make_common(const at::Tensor& input, const at::Tensor& target, const at::Tensor& w,
-                   int64_t o_index, int64_t ignore_index, const LossOptions& opt) {
+                   const OpOptions& o) {
   Common c{};
   c.dtype = input.scalar_type();
   c.x = input.data_ptr();
@@ -135,9 +136,9 @@ Common make_common(const at::Tensor& input, const at::Tensor& target, const at::
     }
     c.W = W;
   }
-  c.ignore_index = ignore_index;
-  c.o_index = o_index;
-  c.opt = opt;
+  c.ignore_index = o.ignore_index;
+  c.o_index = o.o_index;
+  c.opt = o.loss;
   c.block_rows = block_rows_for(c.C);
   return c;
 }
@@ -160,70 +161,37 @@ void write_coef(at::Tensor& coef, double a, double b) {
   p[1] = acc_t(b);
 }
 
-// Relative row coefficients (rel_a, rel_b) and the global factor such that
-// the row coefficient of the reduction is (rel_a + rel_b [y == o]) * global,
-// with rel_* known before the kernel runs; false when the reduction does not
-// factor so (mean with mom_norm 'rows' / 'fixed' and 0 < lam < 1: two
-// denominators).
-bool factor_coefficients(double lam, Reduction red, MoMNorm norm, double& rel_a, double& rel_b) {
-  rel_a = lam != 0.0 ? lam : 0.0;
-  rel_b = lam != 1.0 ? 1.0 - lam : 0.0;
-  if (red != Reduction::MEAN || norm == MoMNorm::VALID) return true;
-  if (lam == 1.0) return true;                  // a = 1 / D, b = 0
-  if (lam == 0.0) { rel_b = 1.0; return true; }  // a = 0, b = 1 / N
-  return false;
-}
-
-// The global factor of factor_coefficients: 1 for sum / none, 1 / D for mean
-// (1 / d_mom for mean with mom_norm 'rows' / 'fixed' and lam = 0).
-double global_factor(Reduction red, MoMNorm norm, double lam, double denom, double d_mom) {
-  if (red != Reduction::MEAN) return 1.0;
-  if (norm == MoMNorm::ROWS && lam == 0.0) return 1.0 / d_mom;
-  return 1.0 / denom;
-}
-
-// Number of rows with a valid target (not ignore_index, in [0, C)): the
-// unweighted mean's denominator, known before the kernel runs.  A branch-free
-// loop over the targets (its cost at the NER shape: docs/bench/README.md,
-// "Measurements quoted by the code").
-template <typename tgt_t>
-int64_t count_valid_span(const tgt_t* t, int64_t n, int64_t sT, int64_t C, int64_t ignore) {
-  int64_t k = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t y = int64_t(t[i * sT]);
-    k += int64_t(y != ignore) & int64_t(static_cast<uint64_t>(y) < static_cast<uint64_t>(C));
-  }
-  return k;
-}
-
-int64_t count_valid_rows(const Common& c) {
-  return c.t_int32
-             ? count_valid_span(static_cast<const int32_t*>(c.t), c.N, c.sT, c.C, c.ignore_index)
-             : count_valid_span(static_cast<const int64_t*>(c.t), c.N, c.sT, c.C, c.ignore_index);
-}
-
 struct FwdResult {
   at::Tensor out, stats, coef, grad, gscale;
 };
 
+// The facts of the logits that plan_gradient reads.
+GradInputs grad_inputs(const at::Tensor& input, const std::optional<at::Tensor>& weight) {
+  GradInputs g;
+  g.cpu = input.device().is_cpu();
+  g.dim = input.dim();
+  g.floating = at::isFloatingType(input.scalar_type());
+  g.half = at::isReducedFloatingType(input.scalar_type());
+  if (input.dim() == 2) g.C = input.size(1);
+  g.weighted = weight.has_value();
+  g.fusion_enabled = true;  // the operator was asked for the gradient
+  return g;
+}
+
+// The forward; with `fuse` (mom_loss_fwd_fused) also the gradient for a unit
+// upstream gradient, as plan_gradient says (cpu/grad_plan.h).
 FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
-                            const std::optional<at::Tensor>& weight, double lam, int64_t o_index,
-                            int64_t ignore_index, c10::string_view loss, double gamma,
-                            double dice_alpha, double dice_smooth, double label_smoothing,
-                            c10::string_view reduction, c10::string_view mom_norm,
-                            double mom_denom, bool fuse) {
-  check_op_inputs(input, target, weight);
-  TORCH_CHECK_VALUE(lam >= 0 && lam <= 1, "momkernels: lam must be in [0, 1]; got ", lam);
-  const LossOptions opt = make_options(loss, gamma, dice_alpha, dice_smooth, label_smoothing);
-  const Reduction red = parse_reduction(reduction);
-  double d_mom = 0;  // the MoM denominator of mom_norm 'rows' / 'fixed'
-  const MoMNorm norm = parse_mom_norm(mom_norm, mom_denom, input.size(0), d_mom);
+                            const std::optional<at::Tensor>& weight, const OpOptions& o,
+                            bool fuse) {
+  const Reduction red = o.reduction;
+  const MoMNorm norm = o.mom_norm;
+  const double lam = o.lam;
   auto [out, stats, coef] = make_forward_outputs(input, red);
   const at::ScalarType acc = math_dtype(input.scalar_type());
   const at::Tensor w = math_weight(weight, acc);
 
   FwdArgs a{};
-  a.c = make_common(input, target, w, o_index, ignore_index, opt);
+  a.c = make_common(input, target, w, o);
   const int64_t nb = num_blocks(a.c);
   std::vector<double> partials(3 * nb);
   std::vector<int64_t> bad(nb, -1);
@@ -233,37 +201,27 @@ FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
   a.none_b = 1.0 - lam;
   a.partials = partials.data();
   a.bad_row = bad.data();
-  // The gradient is computed inside the forward kernel when it can be: tile
-  // path, a reduction that factors (see above).  The global factor is folded
-  // in when it is known before the kernel (below); half-precision logits are
-  // only fused then, so that their gradient is rounded once (otherwise the
-  // backward kernel below writes it, with the final coefficients).
+
+  GradPlan plan;
   at::Tensor grad;
-  double rel_a = 0, rel_b = 0;
-  const bool factors = factor_coefficients(lam, red, norm, rel_a, rel_b);
-  // the global factor needs no kernel result: 1 (sum / none), 1 / d_mom (mean,
-  // mom_norm 'rows' / 'fixed', lam = 0) or 1 / (number of valid rows) (unweighted mean)
-  const bool constant_factor = red != Reduction::MEAN || (norm == MoMNorm::ROWS && lam == 0.0);
-  const bool factor_known = constant_factor || !w.defined();
-  const bool inline_grad = fuse && factors && a.c.C <= kTileMaxC &&
-                           (input.scalar_type() == at::kFloat ||
-                            input.scalar_type() == at::kDouble || factor_known);
-  if (fuse) grad = GradBufferCache::instance().empty({a.c.N, a.c.C}, input.options());
-  // The global factor is folded into the inline gradient when it is known
-  // before the kernel (factor_known).  The backward is then a no-op for a
-  // unit upstream gradient (loss.backward()).  A weighted mean (denominator =
-  // sum of w_y) keeps the factor for the backward.
-  const bool prescaled = inline_grad && factor_known;
+  if (fuse) {
+    plan = plan_gradient(grad_inputs(input, weight), o);
+    // called directly for an input the tile kernel does not take (C > kTileMaxC):
+    // the operator still returns the gradient
+    if (plan.mode == GradMode::SEPARATE) plan.mode = GradMode::AFTER_FORWARD;
+    grad = GradBufferCache::instance().empty({a.c.N, a.c.C}, input.options());
+  }
+  const bool inline_grad = plan.mode == GradMode::INLINE || plan.mode == GradMode::INLINE_RELATIVE;
   if (inline_grad) {
-    double pre = 1.0;
-    if (prescaled) {
-      const double valid_rows = constant_factor ? 0.0 : double(count_valid_rows(a.c));
-      pre = global_factor(red, norm, lam, valid_rows, d_mom);
+    double pre = 1.0;  // INLINE: the global factor, folded in
+    if (plan.mode == GradMode::INLINE) {
+      const double valid_rows = plan.count_valid ? double(count_valid_rows(a.c)) : 0.0;
+      pre = global_factor(red, norm, lam, valid_rows, o.d_mom);
     }
     a.gfused = grad.data_ptr();
     // a zero coefficient stays 0 (never 0 * inf: an all-ignored batch)
-    a.rel_a = rel_a != 0.0 ? rel_a * pre : 0.0;
-    a.rel_b = rel_b != 0.0 ? rel_b * pre : 0.0;
+    a.rel_a = plan.rel_a != 0.0 ? plan.rel_a * pre : 0.0;
+    a.rel_b = plan.rel_b != 0.0 ? plan.rel_b * pre : 0.0;
   }
   const KernelTable& k = kernels_for_this_cpu();
   at::parallel_for(0, nb, task_grain(a.c), [&](int64_t b0, int64_t b1) { k.forward(a, b0, b1); });
@@ -281,8 +239,7 @@ FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
     s_o += partials[3 * b + 1];
     denom += partials[3 * b + 2];
   }
-  const Reduced<double> r =
-      reduce_loss<double>(s_valid, s_o, denom, d_mom, lam, red, norm);
+  const Reduced<double> r = reduce_loss<double>(s_valid, s_o, denom, o.d_mom, lam, red, norm);
   if (acc == at::kDouble) write_coef<double>(coef, r.a, r.b); else write_coef<float>(coef, r.a, r.b);
   if (red != Reduction::NONE) {  // a 0-dim output: written directly, no fill_ dispatch
     switch (input.scalar_type()) {
@@ -294,59 +251,69 @@ FwdResult mom_loss_fwd_impl(const at::Tensor& input, const at::Tensor& target,
     }
   }
   FwdResult res{out, stats, coef, grad, at::Tensor()};
-  if (fuse) {
-    double gscale = 1.0;
-    if (inline_grad) {
-      gscale = prescaled ? 1.0 : global_factor(red, norm, lam, denom, d_mom);
-    } else {
-      // the backward kernel with a unit upstream gradient and the real
-      // coefficients; the global factor is then 1
-      BwdArgs b{};
-      b.c = a.c;
-      b.c.stats = stats.data_ptr();
-      const at::Tensor one = at::ones({}, input.options().dtype(acc));
-      b.grad = one.data_ptr();
-      b.grad_per_row = false;
-      b.a = r.a;
-      b.b = r.b;
-      b.grad_in = grad.data_ptr();
-      at::parallel_for(0, nb, task_grain(a.c), [&](int64_t b0, int64_t b1) { k.backward(b, b0, b1); });
-    }
-    // (global factor, rel_a, rel_b); not inline: the gradient already has the
-    // real coefficients (a, b), the global factor is 1 and (a, b) only say
-    // which rows are exactly 0
-    const double ra = inline_grad ? rel_a : r.a, rb = inline_grad ? rel_b : r.b;
-    res.gscale = at::empty({3}, input.options().dtype(acc));
-    if (acc == at::kDouble) {
-      double* p = res.gscale.data_ptr<double>();
-      p[0] = gscale; p[1] = ra; p[2] = rb;
-    } else {
-      float* p = res.gscale.data_ptr<float>();
-      p[0] = float(gscale); p[1] = float(ra); p[2] = float(rb);
-    }
+  if (!fuse) return res;
+  if (plan.mode == GradMode::AFTER_FORWARD) {
+    // the backward kernel with a unit upstream gradient and the real
+    // coefficients; the global factor is then 1
+    BwdArgs b{};
+    b.c = a.c;
+    b.c.stats = stats.data_ptr();
+    const at::Tensor one = at::ones({}, input.options().dtype(acc));
+    b.grad = one.data_ptr();
+    b.grad_per_row = false;
+    b.a = r.a;
+    b.b = r.b;
+    b.grad_in = grad.data_ptr();
+    at::parallel_for(0, nb, task_grain(a.c), [&](int64_t b0, int64_t b1) { k.backward(b, b0, b1); });
+  }
+  // gscale = (global factor, rel_a, rel_b): INLINE folded the factor in (1);
+  // INLINE_RELATIVE leaves 1 / D to the backward; AFTER_FORWARD wrote the
+  // real coefficients (a, b), the factor is 1 and (a, b) only say which rows
+  // are exactly 0
+  const double gscale =
+      plan.mode == GradMode::INLINE_RELATIVE ? global_factor(red, norm, lam, denom, o.d_mom) : 1.0;
+  const double ra = inline_grad ? plan.rel_a : r.a, rb = inline_grad ? plan.rel_b : r.b;
+  res.gscale = at::empty({3}, input.options().dtype(acc));
+  if (acc == at::kDouble) {
+    double* p = res.gscale.data_ptr<double>();
+    p[0] = gscale; p[1] = ra; p[2] = rb;
+  } else {
+    float* p = res.gscale.data_ptr<float>();
+    p[0] = float(gscale); p[1] = float(ra); p[2] = float(rb);
   }
   return res;
 }
 
+OpOptions forward_options(const at::Tensor& input, double lam, std::optional<int64_t> o_index,
+                          int64_t ignore_index, c10::string_view loss, double gamma,
+                          double dice_alpha, double dice_smooth, double label_smoothing,
+                          c10::string_view reduction, c10::string_view mom_norm,
+                          const c10::Scalar& mom_denom) {
+  return parse_forward_options(lam, o_index, ignore_index, loss, gamma, dice_alpha, dice_smooth,
+                               label_smoothing, reduction, mom_norm, mom_denom, input.size(0));
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_cpu(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    double lam, int64_t o_index, int64_t ignore_index, c10::string_view loss, double gamma,
-    double dice_alpha, double dice_smooth, double label_smoothing, c10::string_view reduction,
-    c10::string_view mom_norm, const c10::Scalar& mom_denom) {
-  FwdResult r = mom_loss_fwd_impl(input, target, weight, lam, o_index, ignore_index, loss, gamma,
-                                  dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm,
-                                  mom_denom.toDouble(), /*fuse=*/false);
+    double lam, std::optional<int64_t> o_index, int64_t ignore_index, c10::string_view loss,
+    double gamma, double dice_alpha, double dice_smooth, double label_smoothing,
+    c10::string_view reduction, c10::string_view mom_norm, const c10::Scalar& mom_denom) {
+  check_op_inputs(input, target, weight);
+  const OpOptions o = forward_options(input, lam, o_index, ignore_index, loss, gamma, dice_alpha,
+                                      dice_smooth, label_smoothing, reduction, mom_norm, mom_denom);
+  FwdResult r = mom_loss_fwd_impl(input, target, weight, o, /*fuse=*/false);
   return {r.out, r.stats, r.coef};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_fused_cpu(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    double lam, int64_t o_index, int64_t ignore_index, c10::string_view loss, double gamma,
-    double dice_alpha, double dice_smooth, double label_smoothing, c10::string_view reduction,
-    c10::string_view mom_norm, const c10::Scalar& mom_denom) {
-  FwdResult r = mom_loss_fwd_impl(input, target, weight, lam, o_index, ignore_index, loss, gamma,
-                                  dice_alpha, dice_smooth, label_smoothing, reduction, mom_norm,
-                                  mom_denom.toDouble(), /*fuse=*/true);
+    double lam, std::optional<int64_t> o_index, int64_t ignore_index, c10::string_view loss,
+    double gamma, double dice_alpha, double dice_smooth, double label_smoothing,
+    c10::string_view reduction, c10::string_view mom_norm, const c10::Scalar& mom_denom) {
+  check_op_inputs(input, target, weight);
+  const OpOptions o = forward_options(input, lam, o_index, ignore_index, loss, gamma, dice_alpha,
+                                      dice_smooth, label_smoothing, reduction, mom_norm, mom_denom);
+  FwdResult r = mom_loss_fwd_impl(input, target, weight, o, /*fuse=*/true);
   return {r.out, r.stats, r.coef, r.grad, r.gscale};
 }
 
@@ -394,7 +361,7 @@ void scale_fused_grad(at::Tensor& G, const at::Tensor& grad, const at::Tensor& t
                             : static_cast<const int64_t*>(tp)[i * sT];
       // rows without a valid target, or whose coefficient is exactly 0, get
       // exact zeros (as mom_loss_bwd: never 0 * inf)
-      const bool live = y != ignore_index && y >= 0 && y < C && !(y == o_index ? zero_ab : zero_a);
+      const bool live = target_valid(y, C, ignore_index) && !(y == o_index ? zero_ab : zero_a);
       const acc_t s = live ? (per_row ? u[i] : u[0]) * gscale : acc_t(0);
       acc_t* row = g + i * C;
       if (s == acc_t(0)) {
@@ -407,7 +374,9 @@ void scale_fused_grad(at::Tensor& G, const at::Tensor& grad, const at::Tensor& t
 }
 
 void mom_loss_bwd_fused_cpu(at::Tensor& G, const at::Tensor& grad, const at::Tensor& target,
-                            const at::Tensor& gscale, int64_t o_index, int64_t ignore_index) {
+                            const at::Tensor& gscale, std::optional<int64_t> o_index_opt,
+                            int64_t ignore_index) {
+  const int64_t o_index = o_index_opt.value_or(kNoClass);
   TORCH_CHECK_VALUE(G.dim() == 2 && G.is_contiguous() && target.dim() == 1 &&
                         target.size(0) == G.size(0) && gscale.numel() == 3 &&
                         (gscale.scalar_type() == at::kFloat || gscale.scalar_type() == at::kDouble),
@@ -431,11 +400,13 @@ void mom_loss_bwd_fused_cpu(at::Tensor& G, const at::Tensor& grad, const at::Ten
 
 at::Tensor mom_loss_bwd_cpu(const at::Tensor& grad, const at::Tensor& input,
                             const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                            const at::Tensor& stats, const at::Tensor& coef, int64_t o_index,
-                            int64_t ignore_index, c10::string_view loss, double gamma,
-                            double dice_alpha, double dice_smooth, double label_smoothing) {
+                            const at::Tensor& stats, const at::Tensor& coef,
+                            std::optional<int64_t> o_index, int64_t ignore_index,
+                            c10::string_view loss, double gamma, double dice_alpha,
+                            double dice_smooth, double label_smoothing) {
   check_op_inputs(input, target, weight);
-  const LossOptions opt = make_options(loss, gamma, dice_alpha, dice_smooth, label_smoothing);
+  const OpOptions o = parse_backward_options(o_index, ignore_index, loss, gamma, dice_alpha,
+                                             dice_smooth, label_smoothing);
   const int64_t N = input.size(0);
   const at::ScalarType acc = math_dtype(input.scalar_type());
   check_backward_inputs(input, grad, stats, coef);
@@ -446,7 +417,7 @@ at::Tensor mom_loss_bwd_cpu(const at::Tensor& grad, const at::Tensor& input,
   at::Tensor grad_in = GradBufferCache::instance().empty({N, input.size(1)}, input.options());
 
   BwdArgs a{};
-  a.c = make_common(input, target, w, o_index, ignore_index, opt);
+  a.c = make_common(input, target, w, o);
   a.c.stats = st.data_ptr();
   a.grad = g.data_ptr();
   a.grad_per_row = grad.dim() == 1;

@@ -77,8 +77,8 @@ __global__ void __launch_bounds__(kSmallThreads) bwd_small(const BwdParams p) {
   const scalar_t* x = static_cast<const scalar_t*>(r.x) + i * r.sN;
   acc_t m, logs;
   load_stats<scalar_t>(p, i, m, logs);
-  const RowGrad<acc_t> g =
-      row_grad(r, scale, to_acc(x[y * r.sC]), m, logs, W, class_weight<acc_t>(r, y));
+  const RowGradAt<acc_t> g =
+      row_grad_at(r, scale, to_acc(x[y * r.sC]), m, logs, W, class_weight<acc_t>(r, y));
 #pragma unroll
   for (int k = 0; k < kSmallK; ++k) {
     const int64_t j = lane + int64_t(k) * G;
@@ -130,8 +130,8 @@ __global__ void __launch_bounds__(512) bwd_large(const BwdParams p) {
   const scalar_t* row = static_cast<const scalar_t*>(r.x) + i * r.sN;
   acc_t m, logs;
   load_stats<scalar_t>(p, i, m, logs);
-  const RowGrad<acc_t> g =
-      row_grad(r, scale, to_acc(row[y * r.sC]), m, logs, W, class_weight<acc_t>(r, y));
+  const RowGradAt<acc_t> g =
+      row_grad_at(r, scale, to_acc(row[y * r.sC]), m, logs, W, class_weight<acc_t>(r, y));
 
   const bool vec = r.sC == 1 && (reinterpret_cast<uintptr_t>(row) & 15) ==
                                     (reinterpret_cast<uintptr_t>(out) & 15);

@@ -1,7 +1,7 @@
 // Device helpers shared by the forward and backward kernels: element types,
-// loads, warp/group reductions, the online-softmax state and the composition
-// of mom_loss.h's per-row math into a row's loss and gradient coefficients
-// (the same composition as the CPU kernels' row_value / row_grad).
+// loads, warp/group reductions of mom_loss.h's online-softmax state, and the
+// gradient of one element from mom_loss.h's row_grad.  The math, the target
+// rule and the row view are mom_loss.h's (shared with the CPU kernels).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -67,12 +67,6 @@ template <> __device__ __forceinline__ double qnan<double>() {
 __device__ __forceinline__ float bulk_exp(float v) { return exp2f(v * 1.4426950408889634f); }
 __device__ __forceinline__ double bulk_exp(double v) { return m_exp(v); }
 
-// max that propagates NaN (a NaN logit makes the row NaN, as in PyTorch).
-template <typename acc_t>
-__device__ __forceinline__ acc_t nanmax(acc_t a, acc_t b) {
-  return (a > b || a != a) ? a : b;
-}
-
 // 16 bytes of logits: one vector load / store.
 template <typename scalar_t>
 struct alignas(16) Pack {
@@ -109,26 +103,6 @@ __device__ __forceinline__ Split split_row(const void* base, int64_t C) {
   s.nvec = (C - s.head) / V;
   s.tail0 = s.head + s.nvec * V;
   return s;
-}
-
-__device__ __forceinline__ int64_t load_target(const Rows& r, int64_t i) {
-  return r.t_int32 ? static_cast<int64_t>(static_cast<const int32_t*>(r.t)[i * r.sT])
-                   : static_cast<const int64_t*>(r.t)[i * r.sT];
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t class_weight(const Rows& r, int64_t j) {
-  return r.w ? static_cast<const acc_t*>(r.w)[j] : acc_t(1);
-}
-
-enum class RowKind { VALID, IGNORED, BAD };
-
-// A target equal to ignore_index is ignored (even inside [0, C)); any other
-// value outside [0, C) is BAD: never used as an index, its row becomes NaN.
-__device__ __forceinline__ RowKind classify(const Rows& r, int64_t y) {
-  if (y == r.ignore_index) return RowKind::IGNORED;
-  if (y < 0 || y >= r.C) return RowKind::BAD;
-  return RowKind::VALID;
 }
 
 // ---------------------------------------------------------------- reductions
@@ -171,28 +145,12 @@ __device__ T block_sum(T v, T* smem /* >= 32 */) {
 
 // ---------------------------------------------------------------- online softmax
 
-// Softmax normaliser of part of a row relative to its running max m, split as
-// in mom_loss.h's log_normaliser: `ties` elements whose exp(x - m) is exactly 1
-// and `rest` = the sum of the others.  For label smoothing also
-// wdev = sum w_c (m - x_c) (all terms >= 0) and wsum = sum w_c.
-template <typename acc_t>
-struct SoftmaxState {
-  acc_t m, ties, rest, wdev, wsum;
-};
+// mom_loss.h's SoftmaxState and merge; here the per-element accumulation and
+// the warp / block reductions of states.
 
 template <typename acc_t>
 __device__ __forceinline__ SoftmaxState<acc_t> state_empty() {
-  return SoftmaxState<acc_t>{neg_inf<acc_t>(), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
-}
-
-// Re-express the state relative to a larger (or NaN) max.
-template <typename acc_t>
-__device__ __forceinline__ void state_rescale(SoftmaxState<acc_t>& s, acc_t new_m) {
-  const acc_t scale = m_exp(s.m - new_m);  // 0 when s.m = -inf; NaN when new_m is NaN
-  s.rest = (s.ties + s.rest) * scale;
-  s.ties = acc_t(0);
-  s.wdev = s.wsum > acc_t(0) ? s.wdev + (new_m - s.m) * s.wsum : acc_t(0);
-  s.m = new_m;
+  return SoftmaxState<acc_t>::empty();
 }
 
 // Add V consecutive logits v (classes j0 .. j0 + V - 1) to the state.
@@ -202,7 +160,7 @@ __device__ __forceinline__ void state_add(SoftmaxState<acc_t>& s, const acc_t (&
   acc_t cm = v[0];
 #pragma unroll
   for (int k = 1; k < V; ++k) cm = nanmax(cm, v[k]);
-  if (cm > s.m || cm != cm) state_rescale(s, cm);
+  if (cm > s.m || cm != cm) s.rescale(cm);
   // While m = -inf every logit seen is -inf and contributes exp(-inf) = 0
   // (computing it would give exp(-inf + inf) = NaN); a NaN m already made rest NaN.
   if (s.m > neg_inf<acc_t>()) {
@@ -225,36 +183,6 @@ __device__ __forceinline__ void state_add(SoftmaxState<acc_t>& s, const acc_t (&
   }
 }
 
-// Part of state s relative to the common max M >= s.m (or NaN).
-template <typename acc_t>
-__device__ __forceinline__ void state_shift(const SoftmaxState<acc_t>& s, acc_t M, acc_t& ties,
-                                            acc_t& rest, acc_t& wdev) {
-  if (s.m == M) {
-    ties = s.ties;
-    rest = s.rest;
-    wdev = s.wdev;
-  } else {
-    ties = acc_t(0);
-    rest = (s.ties + s.rest) * m_exp(s.m - M);
-    wdev = s.wsum > acc_t(0) ? s.wdev + (M - s.m) * s.wsum : acc_t(0);
-  }
-}
-
-template <typename acc_t>
-__device__ __forceinline__ SoftmaxState<acc_t> state_merge(const SoftmaxState<acc_t>& a,
-                                                           const SoftmaxState<acc_t>& b) {
-  SoftmaxState<acc_t> o;
-  o.m = nanmax(a.m, b.m);
-  acc_t ta, ra, wa, tb, rb, wb;
-  state_shift(a, o.m, ta, ra, wa);
-  state_shift(b, o.m, tb, rb, wb);
-  o.ties = ta + tb;
-  o.rest = ra + rb;
-  o.wdev = wa + wb;
-  o.wsum = a.wsum + b.wsum;
-  return o;
-}
-
 template <typename acc_t>
 __device__ __forceinline__ SoftmaxState<acc_t> state_shfl_xor(const SoftmaxState<acc_t>& s,
                                                               int o) {
@@ -271,7 +199,7 @@ __device__ __forceinline__ SoftmaxState<acc_t> state_shfl_xor(const SoftmaxState
 template <typename acc_t>
 __device__ SoftmaxState<acc_t> block_merge(SoftmaxState<acc_t> s, SoftmaxState<acc_t>* smem) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) s = state_merge(s, state_shfl_xor(s, o));
+  for (int o = 16; o > 0; o >>= 1) s = merge(s, state_shfl_xor(s, o));
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int nwarps = blockDim.x >> 5;
   if (lane == 0) smem[warp] = s;
@@ -279,62 +207,40 @@ __device__ SoftmaxState<acc_t> block_merge(SoftmaxState<acc_t> s, SoftmaxState<a
   if (warp == 0) {
     s = lane < nwarps ? smem[lane] : state_empty<acc_t>();
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s = state_merge(s, state_shfl_xor(s, o));
+    for (int o = 16; o > 0; o >>= 1) s = merge(s, state_shfl_xor(s, o));
   }
   return s;
 }
 
 // ---------------------------------------------------------------- per-row math
 
-// Loss l_i of one valid row from its statistics (mom_loss.h's row_loss and
-// smoothing_value): w_y f(p_y), and with label smoothing
-// (1 - eps) w_y (-log p_y) + (eps / C) sum_c w_c (-log p_c).
+// mom_loss.h's row_grad for one row, with what grad_elem needs beside it.
 template <typename acc_t>
-__device__ __forceinline__ acc_t row_value(const Rows& r, acc_t x_y, acc_t m, acc_t logs,
-                                           acc_t wdev, acc_t W, acc_t w_y) {
-  const acc_t lp = (x_y - m) - logs;
-  acc_t ell = w_y * row_loss<acc_t>(lp, r.opt).value;
-  if (r.opt.label_smoothing > 0) {
-    const acc_t eps = acc_t(r.opt.label_smoothing);
-    ell = (acc_t(1) - eps) * ell + smoothing_value<acc_t>(wdev, W, logs, eps, r.C);
-  }
-  return ell;
-}
-
-// Gradient of one valid row, scaled by upstream gradient x row coefficient:
-//   j != y:  P p_j - S w_j                      (P = A + Bs)
-//   j == y:  A expm1(lp) + Bs p_y - S w_y       (p_y - 1 = expm1(lp), exact as p_y -> 1)
-// with A = scale (1 - eps) w_y h, S = scale eps / C, Bs = S W.
-template <typename acc_t>
-struct RowGrad {
-  acc_t A, Bs, S, P;
+struct RowGradAt {
+  RowGrad<acc_t> g;
   acc_t m, logs, lp, w_y;
 };
 
 template <typename acc_t>
-__device__ __forceinline__ RowGrad<acc_t> row_grad(const Rows& r, acc_t scale, acc_t x_y,
-                                                   acc_t m, acc_t logs, acc_t W, acc_t w_y) {
-  RowGrad<acc_t> g;
-  g.m = m;
-  g.logs = logs;
-  g.lp = (x_y - m) - logs;
-  g.w_y = w_y;
-  const acc_t h = row_loss<acc_t>(g.lp, r.opt).h;
-  const acc_t eps = acc_t(r.opt.label_smoothing);
-  g.A = scale * (acc_t(1) - eps) * w_y * h;
-  g.S = scale * eps / acc_t(r.C);
-  g.Bs = g.S * W;
-  g.P = g.A + g.Bs;
-  return g;
+__device__ __forceinline__ RowGradAt<acc_t> row_grad_at(const Rows& r, acc_t scale, acc_t x_y,
+                                                        acc_t m, acc_t logs, acc_t W, acc_t w_y) {
+  RowGradAt<acc_t> a;
+  a.m = m;
+  a.logs = logs;
+  a.lp = (x_y - m) - logs;
+  a.w_y = w_y;
+  a.g = row_grad<acc_t>(r.opt, r.C, W, scale, a.lp, w_y);
+  return a;
 }
 
 // d loss / d x_j.  (x - m) - logs, not x - (m + logs): the latter rounds
 // m + logs to m's magnitude and loses p's relative accuracy for huge logits.
 template <typename acc_t>
-__device__ __forceinline__ acc_t grad_elem(const RowGrad<acc_t>& g, const Rows& r, acc_t x,
+__device__ __forceinline__ acc_t grad_elem(const RowGradAt<acc_t>& a, const Rows& r, acc_t x,
                                            int64_t j, int64_t y) {
-  if (j == y) return g.A * m_expm1(g.lp) + g.Bs * m_exp(g.lp) - g.S * g.w_y;
-  const acc_t p = bulk_exp((x - g.m) - g.logs);
+  const RowGrad<acc_t>& g = a.g;
+  if (j == y) return g.true_class(a.lp, a.w_y);
+  const acc_t p = bulk_exp((x - a.m) - a.logs);
   return g.S == acc_t(0) ? g.P * p : g.P * p - g.S * class_weight<acc_t>(r, j);
 }
 

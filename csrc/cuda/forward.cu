@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(kSmallThreads) fwd_small(const FwdParams p) {
       const acc_t w_y = class_weight<acc_t>(r, y);
       const acc_t x_y = to_acc(x[i * r.sN + y * r.sC]);
       const acc_t W = r.w ? wsum : acc_t(r.C);
-      out.valid(p, i, y, m, logs, row_value(r, x_y, m, logs, wdev, W, w_y), w_y);
+      out.valid(p, i, y, m, logs, row_value<acc_t>(r.opt, r.C, W, x_y, m, logs, wdev, w_y), w_y);
     }
   }
   if (p.partials == nullptr) return;  // uniform over the grid
@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(512) fwd_large(const FwdParams p) {
     const acc_t x_y = to_acc(row[y * r.sC]);
     const acc_t W = r.w ? s.wsum : acc_t(r.C);
     RowOut<scalar_t> out;
-    out.valid(p, i, y, s.m, logs, row_value(r, x_y, s.m, logs, s.wdev, W, w_y), w_y);
+    out.valid(p, i, y, s.m, logs, row_value<acc_t>(r.opt, r.C, W, x_y, s.m, logs, s.wdev, w_y), w_y);
     if (p.partials) write_partials(p, i, out.s_valid, out.s_o, out.denom);
   }
 }

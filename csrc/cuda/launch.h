@@ -64,17 +64,10 @@ inline int64_t forward_num_partials(int64_t N, int64_t C) {
   return N;
 }
 
-// Rows of logits and their targets, as the kernels see them.
-struct Rows {
+// Rows of logits and their targets, as the kernels see them: mom_loss.h's
+// RowView and the logits' dtype.
+struct Rows : RowView {
   DType dtype;        // of the logits (and of the gradient, and of none_out)
-  const void* x;      // (N, C) logits with strides (sN, sC), in elements
-  int64_t N, C, sN, sC;
-  const void* t;      // (N,) targets with stride sT, int32 or int64
-  int64_t sT;
-  bool t_int32;
-  const void* w;      // (C,) class weights, contiguous, math dtype; nullptr: none
-  int64_t ignore_index, o_index;
-  LossOptions opt;
 };
 
 struct FwdParams {

@@ -49,7 +49,7 @@ void check_cuda_inputs(const at::Tensor& input) {
 }
 
 Rows make_rows(const at::Tensor& input, const at::Tensor& target, const at::Tensor& w,
-               int64_t o_index, int64_t ignore_index, const LossOptions& opt) {
+               const OpOptions& o) {
   Rows r{};
   r.dtype = dtype_of(input.scalar_type());
   r.x = input.data_ptr();
@@ -61,9 +61,9 @@ Rows make_rows(const at::Tensor& input, const at::Tensor& target, const at::Tens
   r.sT = target.stride(0);
   r.t_int32 = target.scalar_type() == at::kInt;
   r.w = w.defined() ? w.data_ptr() : nullptr;
-  r.ignore_index = ignore_index;
-  r.o_index = o_index;
-  r.opt = opt;
+  r.ignore_index = o.ignore_index;
+  r.o_index = o.o_index;
+  r.opt = o.loss;
   return r;
 }
 
@@ -73,16 +73,17 @@ at::Tensor math_weight(const std::optional<at::Tensor>& weight, at::ScalarType a
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_cuda(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    double lam, int64_t o_index, int64_t ignore_index, c10::string_view loss, double gamma,
-    double dice_alpha, double dice_smooth, double label_smoothing, c10::string_view reduction,
-    c10::string_view mom_norm, const c10::Scalar& mom_denom) {
+    double lam, std::optional<int64_t> o_index, int64_t ignore_index, c10::string_view loss,
+    double gamma, double dice_alpha, double dice_smooth, double label_smoothing,
+    c10::string_view reduction, c10::string_view mom_norm, const c10::Scalar& mom_denom) {
   check_op_inputs(input, target, weight);
   check_cuda_inputs(input);
-  TORCH_CHECK_VALUE(lam >= 0 && lam <= 1, "momkernels: lam must be in [0, 1]; got ", lam);
-  const LossOptions opt = make_options(loss, gamma, dice_alpha, dice_smooth, label_smoothing);
-  const Reduction red = parse_reduction(reduction);
-  double d_mom = 0;  // the MoM denominator of mom_norm 'rows' / 'fixed'
-  const MoMNorm norm = parse_mom_norm(mom_norm, mom_denom.toDouble(), input.size(0), d_mom);
+  const OpOptions o =
+      parse_forward_options(lam, o_index, ignore_index, loss, gamma, dice_alpha, dice_smooth,
+                            label_smoothing, reduction, mom_norm, mom_denom, input.size(0));
+  const Reduction red = o.reduction;
+  const MoMNorm norm = o.mom_norm;
+  const double d_mom = o.d_mom;  // the MoM denominator of mom_norm 'rows' / 'fixed'
   MOMK_DEVICE_GUARD(input);
   auto [out, stats, coef] = make_forward_outputs(input, red);
   const at::ScalarType acc = math_dtype(input.scalar_type());
@@ -91,7 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_cuda(
   const cudaStream_t stream = MOMK_CURRENT_STREAM();
 
   FwdParams p{};
-  p.r = make_rows(input, target, w, o_index, ignore_index, opt);
+  p.r = make_rows(input, target, w, o);
   p.stats = stats.data_ptr();
   p.none_out = red == Reduction::NONE ? out.data_ptr() : nullptr;
   p.none_a = lam;
@@ -128,12 +129,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mom_loss_fwd_cuda(
 
 at::Tensor mom_loss_bwd_cuda(const at::Tensor& grad, const at::Tensor& input,
                              const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                             const at::Tensor& stats, const at::Tensor& coef, int64_t o_index,
-                             int64_t ignore_index, c10::string_view loss, double gamma,
-                             double dice_alpha, double dice_smooth, double label_smoothing) {
+                             const at::Tensor& stats, const at::Tensor& coef,
+                             std::optional<int64_t> o_index, int64_t ignore_index,
+                             c10::string_view loss, double gamma, double dice_alpha,
+                             double dice_smooth, double label_smoothing) {
   check_op_inputs(input, target, weight);
   check_cuda_inputs(input);
-  const LossOptions opt = make_options(loss, gamma, dice_alpha, dice_smooth, label_smoothing);
+  const OpOptions o = parse_backward_options(o_index, ignore_index, loss, gamma, dice_alpha,
+                                             dice_smooth, label_smoothing);
   const int64_t N = input.size(0);
   const at::ScalarType acc = math_dtype(input.scalar_type());
   check_backward_inputs(input, grad, stats, coef);
@@ -147,7 +150,7 @@ at::Tensor mom_loss_bwd_cuda(const at::Tensor& grad, const at::Tensor& input,
   at::Tensor grad_in = at::empty({N, input.size(1)}, input.options());
 
   BwdParams p{};
-  p.r = make_rows(input, target, w, o_index, ignore_index, opt);
+  p.r = make_rows(input, target, w, o);
   p.grad = g.data_ptr();
   p.sG = g.dim() == 1 ? g.stride(0) : 0;  // (N,) or one value for every row
   p.grad_is_acc = !grad_is_input_dtype;

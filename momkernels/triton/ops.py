@@ -267,6 +267,9 @@ def mom_loss(input: Tensor, target: Tensor, weight: Optional[Tensor],
     """The loss of float16/bfloat16/float32 (N, C) logits via the Triton operators:
     ``options`` flattened to the schema of ``triton_mom_loss_fwd`` (the C++
     operators' arguments, then ``inplace_backward``)."""
+    lam, o_index, *rest = options.op_args()
+    # the Triton kernels take an int: -1 is no class (valid rows are in [0, C))
+    o_index = -1 if o_index is None else o_index
     out, _, _ = torch.ops.momkernels.triton_mom_loss_fwd(
-        input, target, weight, *options.op_args(), options.inplace_backward)
+        input, target, weight, lam, o_index, *rest, options.inplace_backward)
     return out

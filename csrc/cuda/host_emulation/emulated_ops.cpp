@@ -16,7 +16,7 @@
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fwd", [](const at::Tensor& input, const at::Tensor& target,
-                  const std::optional<at::Tensor>& weight, double lam, int64_t o_index,
+                  const std::optional<at::Tensor>& weight, double lam, std::optional<int64_t> o_index,
                   int64_t ignore_index, const std::string& loss, double gamma, double dice_alpha,
                   double dice_smooth, double label_smoothing, const std::string& reduction,
                   const std::string& mom_norm, double mom_denom) {
@@ -26,7 +26,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   });
   m.def("bwd", [](const at::Tensor& grad, const at::Tensor& input, const at::Tensor& target,
                   const std::optional<at::Tensor>& weight, const at::Tensor& stats,
-                  const at::Tensor& coef, int64_t o_index, int64_t ignore_index,
+                  const at::Tensor& coef, std::optional<int64_t> o_index, int64_t ignore_index,
                   const std::string& loss, double gamma, double dice_alpha, double dice_smooth,
                   double label_smoothing) {
     return momkernels::cuda::mom_loss_bwd_cuda(grad, input, target, weight, stats, coef, o_index,
