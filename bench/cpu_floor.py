@@ -33,7 +33,9 @@ def main():
     opts = ("ce", 2.0, 1.0, 0.01, 0.0)
 
     print("\n## N = 8192, C = 9 (NER batch), fp32, lam = 0.175: kernels vs fixed costs\n")
-    print("For C <= 64 (float/double, CPU) autograd uses the fused pair: `mom_loss_fwd_fused` "
+    print("For C <= 64 on the CPU (`kTileMaxC`, csrc/cpu/kernel.h; every floating dtype: "
+          "float16/bfloat16 logits only where the global factor is known before the kernel, "
+          "i.e. not a weighted mean) autograd uses the fused pair: `mom_loss_fwd_fused` "
           "computes the loss and the gradient for a unit upstream gradient in one pass. For an "
           "unweighted mean (and for sum / none) the global factor 1/D is folded in, since D "
           "(the number of valid rows) is counted from the targets before the kernel runs, so "

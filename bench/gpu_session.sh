@@ -17,11 +17,14 @@
 #   check        python -m momkernels info; python -m momkernels check --device cuda
 #                for cpp and torch (the Triton backend's ~hundreds of kernel
 #                compilations, 0.3-0.45 s each, are left to tests_triton's time box)
-#   tests_cuda   python_tests/test_cuda.py, backends cpp / torch / auto, the
-#                GPU-only tests first (pytest -v, JUnit report)
-#   tests_triton a curated, prioritised Triton subset (test_cuda.py's triton
-#                cases, test_triton.py), pytest -v, JUnit report
-#   bench        bench/gpu_bench.py: fwd / bwd / fwd+bwd, GB/s against a device copy
+#   tests_cuda   python_tests/test_cuda.py (GPU-only properties) first, then the
+#                cuda cases of the device-parametrised grids; backends cpp / torch /
+#                auto (pytest -v, JUnit report)
+#   tests_triton a curated, prioritised Triton subset (test_cuda.py's and the
+#                grids' cuda triton cases, test_triton.py, test_triton_parity.py),
+#                pytest -v, JUnit report
+#   bench        bench/gpu_bench.py (a thin command line over momkernels/benchmark.py,
+#                the one harness): fwd / bwd / fwd+bwd, bandwidth against a device copy
 # The tests skip what would start after their step's deadline
 # (MOMKERNELS_TEST_DEADLINE, python_tests/conftest.py), so a step that runs out
 # of time still writes its report; the skips are counted in the summary.
@@ -42,7 +45,7 @@ SESSION_BUDGET=${MOMK_SESSION_BUDGET:-345}  # seconds for the whole script
 STEPS=(
   "build:120:pip install --no-index --no-build-isolation --no-deps (FORCE_CUDA=1, sm_90)"
   "check:40:python -m momkernels info; python -m momkernels check --device cuda (cpp, torch)"
-  "tests_cuda:60:pytest -v test_cuda.py (cpp, torch, auto), GPU-only tests first -> tests_cuda.xml"
+  "tests_cuda:60:pytest -v test_cuda.py + the grids' cuda cases (cpp, torch, auto) -> tests_cuda.xml"
   "tests_triton:65:pytest -v curated Triton subset -> tests_triton.xml"
   "bench:50:bench/gpu_bench.py --time-budget 35 -> gpu_bench.csv, gpu_bench.md"
 )
@@ -56,29 +59,40 @@ budget_of() {
   done
 }
 
-# test_cuda.py for cpp / torch / auto: what only a GPU run shows first, then the grids
+# CUDA, backends cpp / torch / auto: what only a GPU run shows first (test_cuda.py),
+# then the grids written once for every device, whose cuda cases -k "cuda" selects
+# (conftest.py's `device` fixture)
 CUDA_TESTS=(
-  test_small_c_group_sizes test_neg_inf_masked_logits test_options_low_precision
-  test_cuda_graph_replay test_compile_fullgraph test_out_of_range_target_gives_nan
-  test_out_of_range_target_gradient_is_nan_row_cpp test_int64_offsets test_no_host_sync
-  test_launch_counts_ner_shape test_deterministic_cpp test_opcheck_fwd test_opcheck_bwd
-  test_build_info_reports_cuda test_check_targets_raises test_confident_rows_bf16
-  test_huge_vocabulary test_ignored_rows_exact_zeros test_all_ignored test_empty_batch
-  test_cross_entropy_matches_pytorch test_nd_input_and_upstream test_layouts
-  test_dtypes_classes_reductions test_lam_extremes test_options
+  test_device_grids.py::test_small_c_group_sizes test_device_grids.py::test_neg_inf_masked_logits
+  test_device_grids.py::test_options_low_precision
+  test_cuda.py::test_cuda_graph_replay test_cuda.py::test_compile_fullgraph
+  test_cuda.py::test_out_of_range_target_gives_nan
+  test_cuda.py::test_out_of_range_target_gradient_is_nan_row_cpp test_cuda.py::test_int64_offsets
+  test_cuda.py::test_no_host_sync test_cuda.py::test_launch_counts_ner_shape
+  test_cuda.py::test_deterministic_cpp test_cuda.py::test_opcheck_fwd test_cuda.py::test_opcheck_bwd
+  test_cuda.py::test_build_info_reports_cuda test_cuda.py::test_check_targets_raises
+  test_edge_cases.py::test_bf16_confident_majority_rows test_device_grids.py::test_huge_vocabulary
+  test_edge_cases.py::test_ignored_rows_exactly_zero test_edge_cases.py::test_all_ignored_batch
+  test_edge_cases.py::test_empty_batch test_cross_entropy_parity.py::test_equals_f_cross_entropy
+  test_device_grids.py::test_nd_input_and_upstream test_device_grids.py::test_layouts
+  test_device_grids.py::test_dtypes_classes_reductions test_device_grids.py::test_lam_extremes
+  test_device_grids.py::test_options test_mom_loss.py::test_options_grid
+  test_mom_loss.py::test_shapes_pairwise
 )
-# Triton, in priority order (each new kernel configuration is a 0.3-0.45 s compile)
+# Triton, in priority order (each new kernel configuration is a 0.3-0.45 s compile);
+# -k "triton and not cpu" leaves out the grids' cpu cases
 TRITON_TESTS=(
   test_cuda.py::test_int64_offsets test_triton.py::test_out_of_range_target_gives_nan
-  test_cuda.py::test_out_of_range_target_gives_nan test_cuda.py::test_neg_inf_masked_logits
+  test_cuda.py::test_out_of_range_target_gives_nan test_device_grids.py::test_neg_inf_masked_logits
   test_cuda.py::test_cuda_graph_replay test_triton.py::test_compile_sees_triton_kernels
   test_cuda.py::test_compile_fullgraph test_triton.py::test_no_host_sync
-  test_triton.py::test_regime_boundaries test_cuda.py::test_options_low_precision
-  test_cuda.py::test_small_c_group_sizes test_triton.py::test_options_row_regime
-  test_triton.py::test_inplace_backward_same_gradient test_triton.py::test_bf16_confident_majority_rows
-  test_triton.py::test_dtypes test_triton.py::test_layouts_and_targets
-  test_triton.py::test_deterministic test_triton.py::test_opcheck_fwd
-  test_triton.py::test_opcheck_bwd test_cuda.py::test_huge_vocabulary
+  test_triton.py::test_regime_boundaries test_device_grids.py::test_options_low_precision
+  test_device_grids.py::test_small_c_group_sizes test_triton.py::test_options_row_regime
+  test_triton_parity.py test_triton.py::test_inplace_backward_same_gradient
+  test_triton.py::test_bf16_confident_majority_rows test_triton.py::test_dtypes
+  test_triton.py::test_layouts_and_targets test_triton.py::test_deterministic
+  test_triton.py::test_opcheck_fwd test_triton.py::test_opcheck_bwd
+  test_device_grids.py::test_huge_vocabulary
 )
 
 if [ "$DRY" = 1 ]; then
@@ -91,8 +105,8 @@ if [ "$DRY" = 1 ]; then
     printf '  %-13s %4ss  %s\n' "$name" "$b" "$what"
   done
   echo "  sum of the step budgets: ${total}s"
-  echo "tests_cuda runs (python_tests/test_cuda.py, -k 'not triton'): ${CUDA_TESTS[*]}"
-  echo "tests_triton runs (-k triton): ${TRITON_TESTS[*]}"
+  echo "tests_cuda runs (python_tests/, -k 'cuda and not triton'): ${CUDA_TESTS[*]}"
+  echo "tests_triton runs (python_tests/, -k 'triton and not cpu'): ${TRITON_TESTS[*]}"
   echo "output files (${#OUT_FILES[@]}, in $OUT_ARG): ${OUT_FILES[*]}"
   exit 0
 fi
@@ -183,15 +197,15 @@ step build "$PY" -m pip install --no-index --no-build-isolation --no-deps -v "$R
 step check bash -c "'$PY' -m momkernels info && '$PY' -m momkernels check --device cuda --backend cpp --backend torch"
 
 cuda_ids=()
-for f in "${CUDA_TESTS[@]}"; do cuda_ids+=("$REPO/python_tests/test_cuda.py::$f"); done
+for f in "${CUDA_TESTS[@]}"; do cuda_ids+=("$REPO/python_tests/$f"); done
 MOMKERNELS_TEST_DEADLINE=$(deadline tests_cuda) step tests_cuda \
-  "$PY" -m pytest -v -rfE -p no:cacheprovider --rootdir "$REPO" -k "not triton" \
+  "$PY" -m pytest -v -rfE -p no:cacheprovider --rootdir "$REPO" -k "cuda and not triton" \
   --junitxml="$OUT_DIR/tests_cuda.xml" "${cuda_ids[@]}"
 
 triton_ids=()
 for f in "${TRITON_TESTS[@]}"; do triton_ids+=("$REPO/python_tests/$f"); done
 MOMKERNELS_TEST_DEADLINE=$(deadline tests_triton) step tests_triton \
-  "$PY" -m pytest -v -rfE -p no:cacheprovider --rootdir "$REPO" -k "triton" \
+  "$PY" -m pytest -v -rfE -p no:cacheprovider --rootdir "$REPO" -k "triton and not cpu" \
   --junitxml="$OUT_DIR/tests_triton.xml" "${triton_ids[@]}"
 
 step bench "$PY" "$REPO/bench/gpu_bench.py" --out "$OUT_DIR" --time-budget 35
@@ -199,7 +213,7 @@ step bench "$PY" "$REPO/bench/gpu_bench.py" --out "$OUT_DIR" --time-budget 35
 echo
 if [ -f "$OUT_DIR/gpu_bench.md" ]; then
   echo "=== benchmark, fwd+bwd rows (all rows: gpu_bench.md) ==="
-  grep -E '^\| (N|---)|fwd\+bwd' "$OUT_DIR/gpu_bench.md" | cut -c1-160
+  grep -E '^\| (dtype|---)|fwd\+bwd' "$OUT_DIR/gpu_bench.md" | cut -c1-160
 fi
 echo
 echo "=== failed tests (full logs: session.log) ==="

@@ -10,6 +10,7 @@ import os
 import torch
 
 import momkernels
+from momkernels.benchmark import cpu_model
 
 
 def rss_bytes() -> int:
@@ -40,6 +41,7 @@ def main():
     for _ in range(a.steps):
         step()
     gc.collect()
+    print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{a.backend} {N}x{C}: RSS growth over {a.steps} steps: "
           f"{(rss_bytes() - before) / 2**20:.1f} MiB")
 

@@ -3,14 +3,16 @@
     pytest bench/ --benchmark-only            # add --benchmark-json=out.json to keep results
 
 Each case times forward + backward of the MoM loss (lam = 0.175, fp32) for the
-eager PyTorch code users write today and for momkernels' backends.
+eager PyTorch code users write today and for momkernels' backends, with the
+harness's eager loss and data (momkernels/benchmark.py); every result records
+the CPU model and ATen's CPU capability in its ``extra_info``.
 """
 
 import pytest
 import torch
 
 import momkernels
-from momkernels.benchmark import eager_mom_loss, make_batch
+from momkernels.benchmark import cpu_model, eager_mom_loss, make_batch
 
 SHAPES = [(8192, 9), (8192, 37), (4096, 32000)]
 COMPETITORS = ["eager"] + [b for b in momkernels.available_backends("cpu") if b != "triton"]
@@ -34,5 +36,7 @@ def test_mom_fwd_bwd(benchmark, shape, competitor):
         loss().backward()
 
     benchmark.group = f"{N}x{C}"
+    benchmark.extra_info.update(cpu=cpu_model(),
+                                aten_cpu_capability=torch.backends.cpu.get_cpu_capability())
     benchmark(step)
     assert leaf.grad is not None and torch.isfinite(leaf.grad).all()

@@ -4,12 +4,19 @@ Competitors, measured side by side in one run:
 
 * ``eager``   -- ``F.cross_entropy(reduction="none")`` + mask + sums (for
   ``lam = 1``, plain ``F.cross_entropy``): what a training loop does today;
+  on a CPU whose default ATen kernels are AVX-512 ones, also ``eager[avx2]``:
+  the same code in a subprocess with ``ATEN_CPU_CAPABILITY=avx2`` (eager at
+  its best ISA: PyTorch's AVX-512 kernels are not always its fastest).  Every
+  speed-up is over the *faster* of the eager rows, so none rests on a slow
+  baseline;
 * ``compile`` -- ``torch.compile`` of that same function (compile time is
   reported separately and excluded from the timings);
 * every available momkernels backend (``cpp``, ``torch`` = the reference,
   ``triton`` on GPU);
 * on GPU, Liger-Kernel's ``LigerCrossEntropyLoss`` when installed (plain CE
-  only: it has no MoM term).
+  only: it has no MoM term), and with ``--competitors`` ``triton+ls``: the
+  Triton backend with label smoothing 0.1 (its forward with the most
+  registers).
 
 Timings are medians over many repetitions after warm-up (CPU: a
 ``perf_counter`` loop; GPU: ``triton.testing.do_bench``), with the 25th/75th
@@ -27,13 +34,20 @@ allocator; that buffer *is* the gradient, so it is not extra either.  CUDA:
 ``torch.cuda.max_memory_allocated`` over one step minus the bytes allocated
 before it, minus the gradient when it was newly allocated.
 
+This is the one harness: ``bench/gpu_bench.py`` (run by ``bench/gpu_session.sh``)
+is a thin command line over it, ``bench/cpu_floor.py`` and
+``bench/test_bench_cpu.py`` import its eager loss, data and machine header.
+
 Modes (see ``--help``): the default is the two headline shapes (fp32, ce,
 lam 0.175); ``--quick`` a small subset with few repetitions (< 1 min);
 ``--full`` the grid of shapes x dtypes x losses x lams (``full_grid``);
 ``--sweep N`` / ``--sweep C`` fwd+bwd time against N at fixed C (or C at fixed
-N), plotted log-log per competitor.  Results go to a CSV, a markdown table
-whose header records the machine, versions, thread count and the command, and
-a PNG.
+N), plotted log-log per competitor.  Results go to a CSV (every row names
+the CPU model), a markdown table whose header records the machine (CPU model,
+ATen CPU capability), versions, thread count and the command, and a PNG.
+``--time-budget S`` starts no measurement after S seconds and measures the
+``compile`` competitor last (a second pass over the cases); the CSV is
+rewritten after every case, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -45,10 +59,13 @@ import gc
 import math
 import os
 import platform
+import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable, Optional
 
 import torch
@@ -94,11 +111,12 @@ def eager_loss_fn(loss: str) -> Callable:
     return per_token_loss
 
 
-def momkernels_fn(backend: str, loss: str) -> Callable:
+def momkernels_fn(backend: str, loss: str, label_smoothing: float = 0.0) -> Callable:
     import momkernels
 
     def fn(x, t, lam):
-        return momkernels.mom_cross_entropy(x, t, lam, o_index=0, loss=loss, backend=backend)
+        return momkernels.mom_cross_entropy(x, t, lam, o_index=0, loss=loss, backend=backend,
+                                            label_smoothing=label_smoothing)
 
     return fn
 
@@ -133,6 +151,9 @@ class Row:
     compile_s: float = float("nan")
     peak_extra_MiB: float = float("nan")
     peak_extra_pct_logits: float = float("nan")
+    # |loss - eager's float32 loss| of the same batch (nan: not the same loss)
+    abs_diff_vs_eager: float = float("nan")
+    cpu: str = ""  # cpu_model(): every result row names the machine's CPU
 
 
 def _quantiles(ts: list[float]) -> tuple[float, float, float]:
@@ -175,15 +196,18 @@ def time_cpu(step: Callable[[], Optional[Callable]], reps: int, warmup: int,
     return _quantiles(ts)
 
 
-def time_gpu(step: Callable[[], Optional[Callable]]) -> tuple[float, float, float]:
-    """Time ``step`` with triton's do_bench; if it returns a callable (bwd), only
-    that is timed: the backward of one forward, run again each repetition
-    (``retain_graph=True``), as bench/gpu_bench.py does."""
+def time_gpu(step: Callable[[], Optional[Callable]], warmup_ms: Optional[float] = None,
+             rep_ms: Optional[float] = None) -> tuple[float, float, float]:
+    """Time ``step`` with triton's do_bench (``warmup_ms`` / ``rep_ms``: its
+    warmup and repetition times, default do_bench's); if it returns a callable
+    (bwd), only that is timed: the backward of one forward, run again each
+    repetition (``retain_graph=True``)."""
     import triton.testing
 
     r = step()
     run = (lambda: r(retain_graph=True)) if callable(r) else step
-    q = triton.testing.do_bench(run, quantiles=[0.5, 0.25, 0.75], return_mode="median")
+    kw = {k: v for k, v in (("warmup", warmup_ms), ("rep", rep_ms)) if v is not None}
+    q = triton.testing.do_bench(run, quantiles=[0.5, 0.25, 0.75], return_mode="median", **kw)
     return float(q[0]), float(q[1]), float(q[2])
 
 
@@ -211,12 +235,13 @@ def make_steps(fn, x, t, lam):
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwdbwd}
 
 
-def memcpy_ms(numel: int, dtype: torch.dtype, device: str, reps: int) -> float:
+def memcpy_ms(numel: int, dtype: torch.dtype, device: str, reps: int,
+              gpu_warmup_ms: Optional[float] = None, gpu_rep_ms: Optional[float] = None) -> float:
     """Median time of copying numel elements into a preallocated buffer."""
     src = torch.randn(numel, device=device).to(dtype)
     dst = torch.empty_like(src)
     if device == "cuda":
-        return time_gpu(lambda: dst.copy_(src))[0]
+        return time_gpu(lambda: dst.copy_(src), gpu_warmup_ms, gpu_rep_ms)[0]
     return time_cpu(lambda: dst.copy_(src), reps, 3, 0.5, max_seconds=2.0)[0]
 
 
@@ -354,11 +379,13 @@ def machine_header(argv: list[str]) -> list[str]:
     except (OSError, ValueError, IndexError):
         mem = ""
     env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
-                   if k.startswith("MOMKERNELS_") or k in ("OMP_NUM_THREADS", "THP_MEM_ALLOC_ENABLE"))
+                   if k.startswith("MOMKERNELS_") or k in ("OMP_NUM_THREADS", "THP_MEM_ALLOC_ENABLE",
+                                                           "ATEN_CPU_CAPABILITY"))
     lines = [
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- command: `{env + ' ' if env else ''}python -m momkernels bench {' '.join(argv)}`",
-        f"- machine: {cpu}, {os.cpu_count()} cores,{mem} torch threads {torch.get_num_threads()}",
+        f"- machine: {cpu}, {os.cpu_count()} cores,{mem} torch threads {torch.get_num_threads()}, "
+        f"ATen CPU capability {torch.backends.cpu.get_cpu_capability()}",
         f"- versions: momkernels {momkernels.__version__}, torch {torch.__version__}, "
         f"python {platform.python_version()}, extension {ops.build_info() or 'not loaded'}",
     ]
@@ -439,78 +466,217 @@ def _unloadable_backends(device: str, asked: Optional[list[str]]) -> dict[str, s
     return {b: why for b, why in reasons.items() if why is not None}
 
 
-def run(args, cases: Optional[list[tuple[str, int, int, str, float]]] = None) -> list[Row]:
-    """Measure every case (dtype, N, C, loss, lam) for every competitor and mode."""
+EAGER_AVX2 = "eager[avx2]"
+EAGERS = ("eager", EAGER_AVX2)
+# momkernels competitors beyond the backends: name -> (backend, label_smoothing)
+EXTRA_BACKEND_COMPETITORS = {"triton+ls": ("triton", 0.1)}
+COMPETITOR_CHOICES = ["eager", "compile", "cpp", "torch", "triton", "triton+ls", "liger"]
+
+
+def _competitor_names(args, device: str, loss: str, lam: float) -> list[str]:
+    """The competitors of one case, in measuring order (eager first: the
+    speed-ups printed as rows come in need it)."""
     from momkernels import available_backends
 
+    backends = [b for b in available_backends(device) if not args.backends or b in args.backends]
+    names = ["eager"] + ([] if args.no_compile else ["compile"]) + backends
+    if getattr(args, "competitors", None):
+        extra = [n for n, (b, _) in EXTRA_BACKEND_COMPETITORS.items()
+                 if b in available_backends(device) and loss == "ce"]
+        names = [n for n in names + extra if n in args.competitors]
+    if (device == "cuda" and loss == "ce" and lam == 1.0
+            and (not getattr(args, "competitors", None) or "liger" in args.competitors)):
+        names.append("liger")
+    return names
+
+
+def _competitor_fn(name: str, loss: str) -> Optional[Callable]:
+    if name == "eager":
+        return eager_loss_fn(loss)
+    if name == "compile":
+        return torch.compile(eager_loss_fn(loss), dynamic=False)
+    if name == "liger":
+        return liger_fn()
+    if name in EXTRA_BACKEND_COMPETITORS:
+        backend, ls = EXTRA_BACKEND_COMPETITORS[name]
+        return momkernels_fn(backend, loss, label_smoothing=ls)
+    return momkernels_fn(name, loss)
+
+
+def _same_loss_as_eager(name: str) -> bool:
+    return name not in EXTRA_BACKEND_COMPETITORS  # triton+ls: another loss
+
+
+def set_speedups(rows: list[Row]) -> None:
+    """speedup_vs_eager of every row: the faster eager median of its case and
+    mode (``eager`` and, where measured, ``eager[avx2]``) / its median."""
+    best: dict = {}
+    for r in rows:
+        if r.competitor in EAGERS:
+            k = (r.device, r.dtype, r.N, r.C, r.loss, r.lam, r.mode)
+            best[k] = min(best.get(k, math.inf), r.median_ms)
+    for r in rows:
+        b = best.get((r.device, r.dtype, r.N, r.C, r.loss, r.lam, r.mode))
+        r.speedup_vs_eager = float("nan") if b is None else b / r.median_ms
+
+
+def eager_isa_to_add(device: str) -> Optional[str]:
+    """The ATEN_CPU_CAPABILITY to measure eager under as well, in a subprocess:
+    "avx2" on a CPU whose default ATen kernels are AVX-512 ones (or anything
+    above AVX2); None where the default already is AVX2 or below, or not x86."""
+    if device != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    cap = torch.backends.cpu.get_cpu_capability()
+    return None if cap in ("DEFAULT", "AVX2") else "avx2"
+
+
+def eager_under_isa(args, cases, isa: str) -> list[Row]:
+    """``eager`` of every case, measured by a subprocess under
+    ``ATEN_CPU_CAPABILITY=isa`` with the same timing options; rows named
+    ``eager[isa]``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cases_path, out_path = os.path.join(tmp, "cases.json"), os.path.join(tmp, "rows.json")
+        with open(cases_path, "w") as f:
+            json.dump([list(c) for c in cases], f)
+        cmd = [sys.executable, "-m", "momkernels.benchmark", "--eager-worker", cases_path, out_path,
+               "--device", "cpu", "--reps", str(args.reps), "--warmup", str(args.warmup),
+               "--min-seconds", str(args.min_seconds), "--modes", *args.modes]
+        if args.max_seconds is not None:
+            cmd += ["--max-seconds", str(args.max_seconds)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": isa}
+        print(f"eager under ATEN_CPU_CAPABILITY={isa} (subprocess) ...", flush=True)
+        r = subprocess.run(cmd, env=env, text=True, stdout=subprocess.PIPE)
+        if r.returncode != 0:
+            raise RuntimeError(f"eager under ATEN_CPU_CAPABILITY={isa} failed "
+                               f"({r.returncode}):\n{r.stdout[-2000:]}")
+        with open(out_path) as f:
+            data = json.load(f)
+    if data["capability"].lower() != isa:
+        raise RuntimeError(f"ATEN_CPU_CAPABILITY={isa} was not honoured: the subprocess ran "
+                           f"{data['capability']} kernels")
+    rows = [Row(**d) for d in data["rows"]]
+    for r in rows:
+        r.competitor = f"eager[{isa}]"
+    return rows
+
+
+def _eager_worker(cases_path: str, out_path: str, args) -> int:
+    """--eager-worker: time eager only (no memory, no compile), write rows as JSON."""
+    with open(cases_path) as f:
+        cases = [tuple(c) for c in json.load(f)]
+    args.no_compile, args.no_memory, args.competitors = True, True, ["eager"]
+    rows = run(args, cases)
+    with open(out_path, "w") as f:
+        json.dump({"capability": torch.backends.cpu.get_cpu_capability(),
+                   "rows": [asdict(r) for r in rows]}, f)
+    return 0
+
+
+def run(args, cases: Optional[list[tuple[str, int, int, str, float]]] = None,
+        prior: Optional[list[Row]] = None,
+        sink: Optional[Callable[[list[Row]], None]] = None,
+        skipped: Optional[list[str]] = None) -> list[Row]:
+    """Measure every case (dtype, N, C, loss, lam) for every competitor and mode.
+
+    ``prior``: rows measured elsewhere (eager[avx2]), counted in the speed-ups.
+    ``sink(rows)`` is called after every case (the CSV written so far).  With
+    ``args.time_budget``, the ``compile`` competitor is measured in a second
+    pass over the cases, and no measurement starts after the budget (the ones
+    left out are appended to ``skipped``)."""
     device = args.device
     if cases is None:
         cases = [(dt, *parse_shape(s), lo, la) for dt in args.dtypes for s in args.shapes
                  for lo in args.losses for la in args.lams]
-    backends = [b for b in available_backends(device) if not args.backends or b in args.backends]
+    budget = getattr(args, "time_budget", None)
+    t_start = time.perf_counter()
+    gpu_kw = dict(warmup_ms=getattr(args, "gpu_warmup_ms", None),
+                  rep_ms=getattr(args, "gpu_rep_ms", None))
+    passes = [lambda n: n != "compile", lambda n: n == "compile"] if budget else [lambda n: True]
     rows: list[Row] = []
+    prior = list(prior or [])
+    cpu = cpu_model()
     batches: dict = {}
-    for dtype_name, N, C, loss, lam in cases:
-        key = (dtype_name, N, C)
-        if key not in batches:
-            batches.clear()  # one batch alive at a time (memory)
-            x = t = None
-            gc.collect()
-            x, t = make_batch(N, C, DTYPES[dtype_name], device)
-            copy_ms = memcpy_ms(N * C, DTYPES[dtype_name], device, args.reps)
-            batches[key] = (x, t, copy_ms)
-        x, t, copy_ms = batches[key]
-        logits_bytes = N * C * x.element_size()
-        bytes_fb = 3 * logits_bytes  # fwd reads, bwd reads + writes
-        competitors: dict[str, Callable] = {"eager": eager_loss_fn(loss)}
-        compile_s = float("nan")
-        if not args.no_compile:
-            torch._dynamo.reset()
-            compiled = torch.compile(eager_loss_fn(loss), dynamic=False)
-            t0 = time.perf_counter()
-            leaf = x.detach().clone().requires_grad_()
-            compiled(leaf, t, lam).backward()
-            compile_s = time.perf_counter() - t0
-            del leaf
-            competitors["compile"] = compiled
-        for b in backends:
-            competitors[b] = momkernels_fn(b, loss)
-        liger = liger_fn() if device == "cuda" and loss == "ce" and lam == 1.0 else None
-        if liger is not None:
-            competitors["liger"] = liger
-        eager_ms: dict[str, float] = {}
-        for name, fn in competitors.items():
-            steps = make_steps(fn, x, t, lam)
-            fb_row = None
-            for mode in [m for m in steps if m in args.modes]:
-                step = steps[mode]
-                if device == "cuda":
-                    med, p25, p75 = time_gpu(step)
-                else:
-                    med, p25, p75 = time_cpu(step, args.reps, args.warmup, args.min_seconds,
-                                             args.max_seconds)
-                if name == "eager":
-                    eager_ms[mode] = med
-                row = Row(device, dtype_name, N, C, loss, lam, name, mode, med, p25, p75)
-                row.speedup_vs_eager = eager_ms.get(mode, float("nan")) / med
-                if mode == "fwd+bwd":
-                    row.bandwidth_frac = (bytes_fb / (med * 1e-3)) / (
-                        2 * logits_bytes / (copy_ms * 1e-3))
-                    fb_row = row
-                if name == "compile":
-                    row.compile_s = compile_s
-                rows.append(row)
-                if mode != "fwd+bwd" or args.no_memory:
-                    _print_row(row)
-            # free the timing copy of the logits and its gradient before the memory step
-            steps.clear()
-            step = None
-            if fb_row is not None and not args.no_memory:
+    copy_ms_of: dict = {}
+    eager_value: dict = {}
+    skipped = [] if skipped is None else skipped
+    for in_pass in passes:
+        for dtype_name, N, C, loss, lam in cases:
+            names = [n for n in _competitor_names(args, device, loss, lam) if in_pass(n)]
+            if not names:
+                continue
+            key = (dtype_name, N, C)
+            if key not in batches:
+                batches.clear()  # one batch alive at a time (memory)
+                x = t = None
                 gc.collect()
-                extra = peak_extra_bytes(fn, x, t, lam, device)
-                fb_row.peak_extra_MiB = extra / 2**20
-                fb_row.peak_extra_pct_logits = 100 * extra / logits_bytes
-                _print_row(fb_row)
+                x, t = make_batch(N, C, DTYPES[dtype_name], device)
+                if key not in copy_ms_of:
+                    copy_ms_of[key] = memcpy_ms(N * C, DTYPES[dtype_name], device, args.reps,
+                                                gpu_kw["warmup_ms"], gpu_kw["rep_ms"])
+                batches[key] = (x, t)
+            x, t = batches[key]
+            copy_ms = copy_ms_of[key]
+            if (key, loss, lam) not in eager_value:  # float32 eager loss: the sanity check
+                with torch.no_grad():
+                    eager_value[(key, loss, lam)] = float(eager_loss_fn(loss)(x.float(), t, lam))
+            logits_bytes = N * C * x.element_size()
+            bytes_fb = 3 * logits_bytes  # fwd reads, bwd reads + writes
+            for name in names:
+                if budget and time.perf_counter() - t_start > budget:
+                    skipped.append(f"{dtype_name} {N}x{C} {loss} lam={lam} {name}")
+                    print(f"{device} {dtype_name} N={N:>6} C={C:>6} {name}: skipped "
+                          "(--time-budget spent)", flush=True)
+                    continue
+                fn = _competitor_fn(name, loss)
+                if fn is None:
+                    continue
+                compile_s = float("nan")
+                if name == "compile":
+                    torch._dynamo.reset()
+                    t0 = time.perf_counter()
+                    leaf = x.detach().clone().requires_grad_()
+                    fn(leaf, t, lam).backward()
+                    compile_s = time.perf_counter() - t0
+                    del leaf
+                diff = float("nan")
+                if _same_loss_as_eager(name):  # (a leaf as in the timing: no recompilation)
+                    out = fn(x.detach().clone().requires_grad_(), t, lam).detach()
+                    diff = abs(float(out.float()) - eager_value[(key, loss, lam)])
+                    del out
+                steps = make_steps(fn, x, t, lam)
+                fb_row = None
+                for mode in [m for m in steps if m in args.modes]:
+                    step = steps[mode]
+                    if device == "cuda":
+                        med, p25, p75 = time_gpu(step, **gpu_kw)
+                    else:
+                        med, p25, p75 = time_cpu(step, args.reps, args.warmup, args.min_seconds,
+                                                 args.max_seconds)
+                    row = Row(device, dtype_name, N, C, loss, lam, name, mode, med, p25, p75,
+                              abs_diff_vs_eager=diff, cpu=cpu)
+                    if mode == "fwd+bwd":
+                        row.bandwidth_frac = (bytes_fb / (med * 1e-3)) / (
+                            2 * logits_bytes / (copy_ms * 1e-3))
+                        fb_row = row
+                    if name == "compile":
+                        row.compile_s = compile_s
+                    rows.append(row)
+                    set_speedups(prior + rows)
+                    if mode != "fwd+bwd" or args.no_memory:
+                        _print_row(row)
+                # free the timing copy of the logits and its gradient before the memory step
+                steps.clear()
+                step = None
+                if fb_row is not None and not args.no_memory:
+                    gc.collect()
+                    extra = peak_extra_bytes(fn, x, t, lam, device)
+                    fb_row.peak_extra_MiB = extra / 2**20
+                    fb_row.peak_extra_pct_logits = 100 * extra / logits_bytes
+                    _print_row(fb_row)
+            if sink is not None:
+                sink(prior + rows)
     return rows
 
 
@@ -558,15 +724,42 @@ def headline_tables(rows: list[Row]) -> list[str]:
     return out + [""]
 
 
-def write_outputs(rows: list[Row], out_dir: str, header: list[str], tag: str,
-                  notes: Optional[list[str]] = None) -> None:
+def _ordered(rows: list[Row]) -> list[Row]:
+    """Rows grouped by case, in the order the cases were first measured, each
+    case's competitors in measuring order (eager[avx2] after eager)."""
+    case_of = lambda r: (r.device, r.dtype, r.N, r.C, r.loss, r.lam)  # noqa: E731
+    first = {}
+    for r in rows:
+        if r.competitor != EAGER_AVX2:
+            first.setdefault(case_of(r), len(first))
+    for r in rows:
+        first.setdefault(case_of(r), len(first))
+
+    def comp_rank(r):
+        if r.competitor == "eager":
+            return 0
+        return 1 if r.competitor in EAGERS else 2
+
+    idx = {id(r): i for i, r in enumerate(rows)}
+    return sorted(rows, key=lambda r: (first[case_of(r)], comp_rank(r), idx[id(r)]))
+
+
+def write_csv(rows: list[Row], out_dir: str, tag: str) -> str:
+    """<out_dir>/<tag>.csv: one line per measurement (every field of Row, the CPU
+    model included)."""
     os.makedirs(out_dir, exist_ok=True)
     csv_path = os.path.join(out_dir, f"{tag}.csv")
     with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(asdict(rows[0]).keys()))
+        w = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(Row)])
         w.writeheader()
         for r in rows:
             w.writerow(asdict(r))
+    return csv_path
+
+
+def write_outputs(rows: list[Row], out_dir: str, header: list[str], tag: str,
+                  notes: Optional[list[str]] = None) -> None:
+    csv_path = write_csv(rows, out_dir, tag)
     md_path = os.path.join(out_dir, f"{tag}.md")
     with open(md_path, "w") as f:
         f.write(f"# Benchmark: {tag}\n\n" + "\n".join(header) + "\n\n")
@@ -574,13 +767,17 @@ def write_outputs(rows: list[Row], out_dir: str, header: list[str], tag: str,
             f.write("\n".join(notes) + "\n\n")
         if any(r.mode == "fwd+bwd" for r in rows):
             f.write("\n".join(headline_tables(rows)) + "\n## All measurements\n\n")
-        f.write("Median ms [25th, 75th percentile]; speed-up = eager median / this median; "
+        f.write("Median ms [25th, 75th percentile]; speed-up = the faster eager median (eager, "
+                "and eager[avx2] where measured) / this median; "
                 "bandwidth = (3 passes over the logits) / time, as a fraction of a measured "
                 "copy of the same bytes (fwd+bwd only); peak extra = bytes held at the peak of "
-                "one fwd+bwd beyond the logits and their gradient (fwd+bwd only).\n\n")
+                "one fwd+bwd beyond the logits and their gradient (fwd+bwd only); |diff| = "
+                "|loss - eager's float32 loss of the same batch| (a sanity check; empty: another "
+                "loss).\n\n")
         f.write("| dtype | N | C | loss | lam | competitor | mode | median ms | IQR ms | "
-                "speed-up vs eager | bandwidth / memcpy | peak extra MiB | peak extra % of logits |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+                "speed-up vs eager | bandwidth / memcpy | peak extra MiB | peak extra % of logits | "
+                "|diff| vs eager |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
         for r in rows:
             bw = "" if _nan(r.bandwidth_frac) else f"{100 * r.bandwidth_frac:.0f} %"
             comp = "" if _nan(r.compile_s) else f" (compile {r.compile_s:.1f} s)"
@@ -588,7 +785,8 @@ def write_outputs(rows: list[Row], out_dir: str, header: list[str], tag: str,
             pct = "" if _nan(r.peak_extra_pct_logits) else f"{r.peak_extra_pct_logits:.1f} %"
             f.write(f"| {r.dtype} | {r.N} | {r.C} | {r.loss} | {r.lam} | {r.competitor}{comp} | "
                     f"{r.mode} | {r.median_ms:.3f} | {r.p25_ms:.3f}-{r.p75_ms:.3f} | "
-                    f"{r.speedup_vs_eager:.1f}x | {bw} | {mib} | {pct} |\n")
+                    f"{r.speedup_vs_eager:.1f}x | {bw} | {mib} | {pct} | "
+                    f"{'' if _nan(r.abs_diff_vs_eager) else f'{r.abs_diff_vs_eager:.2g}'} |\n")
     print(f"wrote {csv_path} and {md_path}")
 
 
@@ -722,6 +920,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="momkernels backends (default: all available; the device's compiled "
                         "ones, cpp on CPU and cpp, triton on CUDA, must load)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile competitor")
+    p.add_argument("--competitors", nargs="+", choices=COMPETITOR_CHOICES,
+                   help="measure only these (where they apply: liger for plain CE on CUDA); "
+                        "triton+ls (Triton with label smoothing 0.1) only when named here")
+    p.add_argument("--no-eager-isa", action="store_true",
+                   help="CPU: do not also time eager under ATEN_CPU_CAPABILITY=avx2 (done by "
+                        "default when ATen's default kernels are above AVX2)")
+    p.add_argument("--time-budget", type=float,
+                   help="seconds: start no measurement after this; compile measured last")
+    p.add_argument("--gpu-warmup-ms", type=float, help="GPU: do_bench warmup (ms)")
+    p.add_argument("--gpu-rep-ms", type=float, help="GPU: do_bench repetition time (ms)")
+    p.add_argument("--no-plot", action="store_true", help="write no PNG")
+    p.add_argument("--eager-worker", nargs=2, metavar=("CASES_JSON", "OUT_JSON"),
+                   help=argparse.SUPPRESS)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--reps", type=int, help="samples per measurement (default 30; --quick 3)")
     p.add_argument("--warmup", type=int, help="warm-up calls (default 5; --quick 1)")
@@ -776,7 +987,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.shapes = args.shapes or (QUICK_SHAPES if args.quick else HEADLINE_SHAPES)
     args.losses = args.losses or ["ce"]
     args.lams = args.lams or [0.175]
-    missing = _unloadable_backends(args.device, args.backends)
+    if args.eager_worker:
+        return _eager_worker(*args.eager_worker, args)
+    asked = args.backends
+    if asked is None and args.competitors:  # the backends among the competitors
+        asked = sorted({EXTRA_BACKEND_COMPETITORS.get(c, (c,))[0] for c in args.competitors}
+                       & {"cpp", "triton", "torch"})
+    missing = _unloadable_backends(args.device, asked) if asked != [] else {}
     if missing:
         print("python -m momkernels bench: cannot measure "
               + "; ".join(f"backend {b!r} on {args.device}:\n{why}" for b, why in missing.items())
@@ -785,16 +1002,39 @@ def main(argv: Optional[list[str]] = None) -> int:
               "names the backends to measure)", file=sys.stderr)
         return 2
     t_start = time.perf_counter()
-    rows = run(args, cases)
     out = args.out or os.path.join("runs", "bench")
     dtag = "_".join(args.dtypes)
     tag = args.tag or (f"{args.device}_full" if args.full else
                        f"{args.device}_{dtag}{'_quick' if args.quick else ''}")
     if args.sweep:
         tag = f"{tag}_vs_{args.sweep}"
+    if cases is None:
+        cases = [(dt, *parse_shape(s), lo, la) for dt in args.dtypes for s in args.shapes
+                 for lo in args.losses for la in args.lams]
+    prior: list[Row] = []
+    isa = None if args.no_eager_isa or (args.competitors and "eager" not in args.competitors) \
+        else eager_isa_to_add(args.device)
+    if isa is not None:
+        prior = eager_under_isa(args, cases, isa)
+        for r in prior:
+            _print_row(r)
+    skipped: list[str] = []
+    rows = run(args, cases, prior=prior, sink=lambda rs: write_csv(rs, out, tag), skipped=skipped)
+    rows = _ordered(prior + rows)
+    set_speedups(rows)
     header = machine_header(argv) + [f"- wall time of this run: {time.perf_counter() - t_start:.0f} s"]
+    if isa is not None:
+        header.append(f"- eager measured twice: `eager` under the default ATen CPU capability "
+                      f"({torch.backends.cpu.get_cpu_capability()}), `eager[{isa}]` in a "
+                      f"subprocess with ATEN_CPU_CAPABILITY={isa}; speed-ups are over the faster "
+                      "of the two")
+    if skipped:
+        notes.append(f"Not measured (--time-budget {args.time_budget:g} s spent): "
+                     + "; ".join(skipped) + ".")
     write_outputs(rows, out, header, tag, notes)
     csv_path = os.path.join(out, f"{tag}.csv")
+    if args.no_plot:
+        return 0
     try:
         if args.sweep:
             plot_sweep(csv_path, os.path.join(out, f"{tag}.png"), args.sweep)
@@ -803,3 +1043,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib)")
     return 0
+
+
+if __name__ == "__main__":  # python -m momkernels.benchmark (the eager[avx2] subprocess)
+    sys.exit(main())

@@ -194,8 +194,9 @@ def coefficient_scale(t: Tensor, *, lam: float = 0.5, o_index: int = 0,
                       upstream: Optional[Tensor] = None, **_) -> float:
     """Largest factor d(result)/d(l_i) * max_c w_c over the rows: the scale of
     the gradient entries *before* any cancellation or saturation (|d l_i / d x|
-    is O(1) per unit weight for every loss here)."""
-    t = t.reshape(-1)
+    is O(1) per unit weight for every loss here).  Computed on the CPU, for
+    tensors on any device."""
+    t = t.reshape(-1).cpu()
     valid = t != ignore_index
     if not bool(valid.any()):
         return 0.0
@@ -207,7 +208,7 @@ def coefficient_scale(t: Tensor, *, lam: float = 0.5, o_index: int = 0,
     c = lam + (1 - lam) * is_o.double()
     if reduction == "none":
         if upstream is not None:
-            c = c * upstream.detach().double().reshape(-1).abs()
+            c = c * upstream.detach().double().cpu().reshape(-1).abs()
     elif reduction == "mean":
         D = float(w_y.sum())
         D_mom = (D if mom_norm == "valid" else float(t.numel()) if mom_norm == "rows"

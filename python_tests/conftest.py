@@ -10,6 +10,12 @@
 * ``MOMKERNELS_TEST_DEADLINE=S``: tests that would start more than S seconds
   after the session began are skipped, so a time-boxed run (bench/gpu_session.sh)
   still ends normally and writes its report.
+* ``device``: the grids written once for every device.  A test that takes the
+  ``device`` fixture runs on "cpu" always and on "cuda" when
+  torch.cuda.is_available() (skipped otherwise, with the reason); a test that
+  also takes a ``backend`` parameter (helpers.backend_params) is skipped where
+  that backend cannot run on that device (``_backend_runs_on_device``), so
+  one parametrisation covers both devices' backends.
 """
 
 import os
@@ -64,3 +70,30 @@ def gen(request):
     g = torch.Generator()
     g.manual_seed(zlib.crc32(request.node.nodeid.encode()))
     return g
+
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not HAS_CUDA, reason="no CUDA GPU here (torch.cuda.is_available() is False): the cuda "
+                         "half of a device-parametrised grid runs on a GPU machine"))]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """The device of a grid written once for every device: "cpu", "cuda"."""
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _backend_runs_on_device(request):
+    """Skip a (device, backend) case whose backend cannot run on that device
+    (e.g. "triton" on CPU tensors without TRITON_INTERPRET=1, "cpp" on CUDA
+    tensors with a CPU-only build)."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if "device" in params and "backend" in params:
+        from momkernels.backends import unavailable_reason
+
+        why = unavailable_reason(params["backend"], torch.device(params["device"]))
+        if why is not None:
+            pytest.skip(f"backend {params['backend']!r} on {params['device']}: "
+                        f"{why.splitlines()[0]}")

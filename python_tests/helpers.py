@@ -48,6 +48,16 @@ if _REQUESTED.strip():
 else:
     BACKENDS = _CPU_BACKENDS
 HAS_CPP = "cpp" in BACKENDS
+# For the grids parametrised by device (conftest.py's ``device``): the CPU
+# backends and, on a GPU machine, the CUDA ones (conftest.py skips a pair that
+# cannot run).  Without a GPU this is BACKENDS.
+if torch.cuda.is_available():
+    _CUDA_BACKENDS = [b for b in momkernels.available_backends("cuda")
+                      if b in ("cpp", "torch", "triton")
+                      and (not _REQUESTED.strip() or b in _wanted)]
+    ALL_BACKENDS = BACKENDS + [b for b in _CUDA_BACKENDS if b not in BACKENDS]
+else:
+    ALL_BACKENDS = list(BACKENDS)
 # Backends that run interpreted here (Triton's interpreter: ~100x slower).
 INTERPRETED = {"triton"} if os.environ.get("TRITON_INTERPRET") == "1" else set()
 
@@ -57,13 +67,16 @@ INTERPRETED = {"triton"} if os.environ.get("TRITON_INTERPRET") == "1" else set()
 # which forms p_y - 1 by subtraction exactly as F.cross_entropy does; accuracy
 # beyond PyTorch's own (confident rows) is the fused kernels' promise only.
 FUSED = [b for b in BACKENDS if b != "torch"]
+FUSED_ALL_DEVICES = [b for b in ALL_BACKENDS if b != "torch"]  # with conftest.py's ``device``
 
 
-def backend_params(heavy: bool = False) -> list:
-    """BACKENDS for ``parametrize``; in the big grids (``heavy``) an interpreted
-    backend is marked ``slow`` so the default run stays within minutes."""
+def backend_params(heavy: bool = False, devices: bool = False) -> list:
+    """BACKENDS for ``parametrize`` (``devices``: ALL_BACKENDS, for the tests
+    that also take conftest.py's ``device``); in the big grids (``heavy``) an
+    interpreted backend is marked ``slow`` so the default run stays within
+    minutes."""
     return [pytest.param(b, marks=pytest.mark.slow) if heavy and b in INTERPRETED else b
-            for b in BACKENDS]
+            for b in (ALL_BACKENDS if devices else BACKENDS)]
 
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -73,22 +86,24 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def make_logits(shape, dtype, *, gen: torch.Generator, scale: float = 3.0,
-                layout: str = "contig") -> torch.Tensor:
+                layout: str = "contig", device="cpu") -> torch.Tensor:
     """Logits of ``shape`` (as F.cross_entropy's input) in a memory layout:
 
     2-D ``(N, C)``: contig | transposed ((C, N) storage) | colslice (every
     other column of (N, 2C)) | rowslice (every other row of (2N, C)) | expand
-    (one row broadcast to N rows, stride 0);
+    (one row broadcast to N rows, stride 0) | offset (contiguous, at a storage
+    offset of one element: rows not 16-byte aligned);
     1-D ``(C,)``: contig | colslice (every other element);
     N-D ``(N, C, d...)``: contig | transposed (classes last in memory) |
     colslice (every other class) | rowslice (every other sample).
-    The values are rounded to ``dtype`` once; the returned tensor is a leaf that
-    requires grad.
+    The values are rounded to ``dtype`` once (drawn on the CPU: the same values
+    on every ``device``, where the storage, then the view, is made); the
+    returned tensor is a leaf that requires grad.
     """
     shape = tuple(shape)
 
     def rnd(*s):
-        return (torch.randn(*s, generator=gen, dtype=torch.float64) * scale).to(dtype)
+        return (torch.randn(*s, generator=gen, dtype=torch.float64) * scale).to(dtype).to(device)
 
     nd = len(shape)
     if layout == "contig" or (nd == 1 and layout not in ("colslice",)):
@@ -111,6 +126,9 @@ def make_logits(shape, dtype, *, gen: torch.Generator, scale: float = 3.0,
     elif layout == "rowslice":
         base = rnd(2 * shape[0], *shape[1:])
         x = base[::2]
+    elif layout == "offset":  # a storage offset of one element: rows not 16-byte aligned
+        base = rnd(math.prod(shape) + 1)
+        x = base[1:].view(shape)
     elif layout == "expand":
         if nd == 2:
             base = rnd(1, shape[1])
@@ -127,7 +145,8 @@ def make_logits(shape, dtype, *, gen: torch.Generator, scale: float = 3.0,
 
 def make_targets(tshape, C: int, *, gen: torch.Generator, kind: str = "random",
                  o_index: int = 0, ignore_index: int = -100, ignore_frac: float = 0.3,
-                 dtype: torch.dtype = torch.int64, strided: bool = False) -> torch.Tensor:
+                 dtype: torch.dtype = torch.int64, strided: bool = False,
+                 device="cpu") -> torch.Tensor:
     """Class-index targets: ``random`` (uniform over classes, ``ignore_frac`` of
     them ``ignore_index``), ``ner`` (80 % ``o_index``, 10 % ignored, the rest
     uniform) or ``none_ignored``.  ``strided``: a non-contiguous view (every other element of a
@@ -147,7 +166,7 @@ def make_targets(tshape, C: int, *, gen: torch.Generator, kind: str = "random",
         t = cls
     else:
         raise ValueError(kind)
-    t = t.to(dtype).reshape(tshape)
+    t = t.to(dtype).reshape(tshape).to(device)
     if strided:
         big = torch.stack([t, torch.full_like(t, 12345)], dim=-1)  # garbage in between
         t = big[..., 0]
@@ -155,9 +174,10 @@ def make_targets(tshape, C: int, *, gen: torch.Generator, kind: str = "random",
     return t
 
 
-def make_weight(C: int, dtype: torch.dtype, *, gen: torch.Generator) -> torch.Tensor:
+def make_weight(C: int, dtype: torch.dtype, *, gen: torch.Generator,
+                device="cpu") -> torch.Tensor:
     """Random positive class weights in [0.25, 2.25), rounded to ``dtype``."""
-    return (torch.rand(C, generator=gen, dtype=torch.float64) * 2 + 0.25).to(dtype)
+    return (torch.rand(C, generator=gen, dtype=torch.float64) * 2 + 0.25).to(dtype).to(device)
 
 
 def target_shape(input_shape) -> tuple[int, ...]:

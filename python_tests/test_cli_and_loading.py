@@ -216,8 +216,18 @@ def test_readme_bench_command_from_the_repo_root():
         with open(os.path.join(out, f"{tag}.csv")) as f:
             measured = {(row["competitor"], row["mode"]) for row in csv.DictReader(f)}
         assert {("cpp", m) for m in ("fwd", "bwd", "fwd+bwd")} <= measured, measured
+        from momkernels.benchmark import cpu_model, eager_isa_to_add
+
+        with open(os.path.join(out, f"{tag}.csv")) as f:
+            assert {row["cpu"] for row in csv.DictReader(f)} == {cpu_model()}
         with open(os.path.join(out, f"{tag}.md")) as f:
-            assert "| eager | cpp | torch |" in f.read()
+            md = f.read()
+        assert f"- machine: {cpu_model()}," in md
+        if eager_isa_to_add("cpu") is None:
+            assert "| eager | cpp | torch |" in md
+        else:  # eager at its best ISA: also timed under ATEN_CPU_CAPABILITY=avx2
+            assert "| eager | eager[avx2] | cpp | torch |" in md
+            assert ("eager", "fwd+bwd") in measured and ("eager[avx2]", "fwd+bwd") in measured
     finally:  # what it wrote ("wrote A and B", "wrote C"), wherever that was
         for line in r.stdout.splitlines():
             for path in line[len("wrote "):].split(" and ") if line.startswith("wrote ") else ():

@@ -21,6 +21,8 @@ import momkernels
 from helpers import (assert_close, backend_params, coefficient_scale, grad_tol, make_logits,
                      make_targets, make_weight, oracle_floor, target_shape, value_tol)
 
+# C = 1, 2, 9, 37: the tile / small-C kernels (CPU C <= 64, CUDA and Triton
+# C <= 128); C = 1000: the row kernels; (C,), (N, C, d...) the reshapes
 SHAPES = [(9,), (33, 9), (1, 2), (7, 1), (5, 37, 3), (2, 9, 3, 5), (3, 1000)]
 
 
@@ -52,17 +54,19 @@ def _compare(x, t, w, backend, upstream=None, **kw):
 @pytest.mark.parametrize("use_weight", [False, True], ids=["now", "w"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("backend", backend_params(heavy=True))
+@pytest.mark.parametrize("backend", backend_params(heavy=True, devices=True))
 def test_equals_f_cross_entropy(backend, dtype, shape, use_weight, ignore_index, reduction,
-                                label_smoothing, gen):
-    x = make_logits(shape, dtype, gen=gen)
+                                label_smoothing, device, gen):
+    """On every device (conftest.py's ``device``): against PyTorch's own
+    F.cross_entropy of that device."""
+    x = make_logits(shape, dtype, gen=gen, device=device)
     C = shape[0] if len(shape) == 1 else shape[1]
     t = make_targets(target_shape(shape), C, gen=gen, ignore_index=ignore_index,
-                     ignore_frac=0.3)
-    w = make_weight(C, dtype, gen=gen) if use_weight else None
+                     ignore_frac=0.3, device=device)
+    w = make_weight(C, dtype, gen=gen, device=device) if use_weight else None
     up = None
     if reduction == "none":
-        up = torch.rand(t.shape, generator=gen, dtype=dtype) + 0.5
+        up = (torch.rand(t.shape, generator=gen, dtype=dtype) + 0.5).to(device)
     _compare(x, t, w, backend, up, ignore_index=ignore_index, reduction=reduction,
              label_smoothing=label_smoothing)
 

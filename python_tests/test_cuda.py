@@ -1,8 +1,9 @@
-"""momkernels on CUDA tensors: every backend available on CUDA against the
-float64 reference, plus what only a GPU can show -- CUDA-graph capture and
-replay, no device->host synchronisation, out-of-range targets that give NaN
-instead of a crash, launch counts, determinism, opcheck and
-torch.compile(fullgraph=True).
+"""momkernels on CUDA tensors: what only a GPU can show -- CUDA-graph capture
+and replay, no device->host synchronisation, out-of-range targets that give
+NaN instead of a crash, launch counts, determinism, 64-bit offsets, opcheck
+and torch.compile(fullgraph=True).  The grids of values and gradients run on
+CUDA tensors through conftest.py's ``device`` fixture (test_device_grids.py,
+test_mom_loss.py, test_edge_cases.py, test_cross_entropy_parity.py).
 
 Skipped without a GPU.  Out-of-range targets are tried in a subprocess, so a
 backend that faults on them cannot take the CUDA context of this process down.
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 import momkernels
-from helpers import assert_close, grad_tol, oracle, value_tol
+from helpers import assert_close
 from momkernels import ops
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -29,14 +30,8 @@ CUDA_BACKENDS = momkernels.available_backends(DEV) if torch.cuda.is_available() 
 KERNEL_BACKENDS = [b for b in CUDA_BACKENDS if b != "torch"]
 HAS_CPP_CUDA = "cpp" in CUDA_BACKENDS
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
-# small-C path (1, 9, 37), the block-per-row path (1000 and up), LM vocabularies
-CLASSES = [1, 9, 37, 1000, 32000, 128256]
 
 needs_cpp = pytest.mark.skipif(not HAS_CPP_CUDA, reason="momkernels built without CUDA kernels")
-
-
-def rows_for(C: int) -> int:
-    return 300 if C <= 64 else (24 if C <= 4096 else 5)
 
 
 def cuda_logits(N: int, C: int, dtype, *, gen, layout: str = "contig", scale: float = 3.0):
@@ -80,252 +75,16 @@ def cuda_weight(C: int, *, gen, dtype=torch.float32):
     return (torch.rand(C, generator=gen, dtype=torch.float64) * 2 + 0.25).to(dtype).to(DEV)
 
 
-def check(x, t, *, backend, upstream=None, name="", **kw):
-    """Loss and gradient of ``backend`` against the float64 reference."""
-    lam = kw.pop("lam", 0.5)
-    out = momkernels.mom_cross_entropy(x, t, lam, backend=backend, **kw)
-    g = torch.ones_like(out) if upstream is None else upstream.to(out.dtype)
-    (grad,) = torch.autograd.grad(out, x, g)
-    ref_out, ref_grad = oracle(x, t, upstream, lam=lam, **kw)
-    assert out.dtype == x.dtype and out.device == x.device
-    assert grad.dtype == x.dtype and grad.shape == x.shape
-    # backend="torch" is PyTorch's own float32 log_softmax, not a kernel under
-    # test; over tens of thousands of classes it is off by more than 1e-5.
-    loose = 10.0 if backend == "torch" and x.dtype == torch.float32 else 1.0
-    rtol, atol = value_tol(x.dtype)
-    assert_close(out, ref_out, rtol=rtol * loose, atol=atol * loose, name=f"{name} loss")
-    finite = ref_grad[ref_grad.isfinite()]
-    scale = float(finite.abs().max()) if finite.numel() else 1.0
-    grtol, gatol = grad_tol(x.dtype, scale)
-    assert_close(grad, ref_grad, rtol=grtol * loose, atol=gatol * loose, name=f"{name} grad")
-    return out, grad
-
-
 # ----------------------------------------------------------------- values and gradients
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("C", CLASSES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("backend", CUDA_BACKENDS)
-def test_dtypes_classes_reductions(backend, dtype, C, reduction, gen):
-    N = rows_for(C)
-    x = cuda_logits(N, C, dtype, gen=gen)
-    t = cuda_targets(N, C, gen=gen, o_index=min(2, C - 1))
-    check(x, t, backend=backend, lam=0.175, o_index=min(2, C - 1), reduction=reduction,
-          name=f"{backend} {dtype} C={C} {reduction}")
-
-
-OPTIONS = [
-    dict(loss="ce"),
-    dict(loss="focal"),
-    dict(loss="focal", gamma=0.0),
-    dict(loss="focal", gamma=0.5),
-    dict(loss="dice"),
-    dict(loss="dice", dice_alpha=0.0, dice_smooth=1.0),
-    dict(loss="dice", dice_alpha=2.0),
-    dict(loss="ce", label_smoothing=0.1),
-    dict(loss="ce", label_smoothing=1.0),
-    dict(loss="ce", weighted=True),
-    dict(loss="ce", weighted=True, label_smoothing=0.2),
-    dict(loss="focal", weighted=True),
-    dict(loss="dice", weighted=True),
-    dict(loss="ce", mom_norm="rows"),
-    dict(loss="ce", weighted=True, mom_norm="rows"),
-]
-
-
-def _opts_id(d):
-    return "-".join(f"{k}={v}" for k, v in d.items())
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("opts", OPTIONS, ids=_opts_id)
-@pytest.mark.parametrize("C", [9, 1000, 32000])
-@pytest.mark.parametrize("backend", CUDA_BACKENDS)
-def test_options(backend, C, opts, reduction, gen):
-    _check_options(backend, C, opts, reduction, 0.175, gen)
-
-
-# lam = 0 (pure MoM term) and lam = 1 (plain loss): the zero-coefficient rule
-@pytest.mark.parametrize("lam", [0.0, 1.0])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("opts", [OPTIONS[0], OPTIONS[1], OPTIONS[7], OPTIONS[10], OPTIONS[13]],
-                         ids=_opts_id)
-@pytest.mark.parametrize("C", [9, 32000])
-@pytest.mark.parametrize("backend", CUDA_BACKENDS)
-def test_lam_extremes(backend, C, opts, reduction, lam, gen):
-    _check_options(backend, C, opts, reduction, lam, gen)
-
-
-def _check_options(backend, C, opts, reduction, lam, gen):
-    opts = dict(opts)
-    weighted = opts.pop("weighted", False)
-    N = rows_for(C)
-    x = cuda_logits(N, C, torch.float32, gen=gen)
-    t = cuda_targets(N, C, gen=gen, o_index=1)
-    w = cuda_weight(C, gen=gen) if weighted else None
-    check(x, t, backend=backend, lam=lam, o_index=1, weight=w, reduction=reduction,
-          name=f"{backend} C={C} {opts} {reduction} lam={lam}", **opts)
-
-
-@pytest.mark.parametrize("layout", ["contig", "rowslice", "colslice", "transposed", "offset", "expand"])
-@pytest.mark.parametrize("C", [9, 37, 1000, 32001])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("backend", CUDA_BACKENDS)
-def test_layouts(backend, dtype, C, layout, gen):
-    N = rows_for(C)
-    x = cuda_logits(N, C, dtype, gen=gen, layout=layout)
-    t = cuda_targets(N, C, gen=gen, dtype=torch.int32, strided=True)
-    check(x, t, backend=backend, lam=0.3, reduction="mean", name=f"{backend} {layout} C={C}")
-
-
-@pytest.mark.parametrize("C", [9, 1000])
-@pytest.mark.parametrize("backend", CUDA_BACKENDS)
-def test_nd_input_and_upstream(backend, C, gen):
-    """(N, C, d) logits and a non-trivial upstream gradient for 'none'."""
-    x = (torch.randn(4, C, 7, generator=gen) * 3).to(DEV).requires_grad_(True)
-    t = cuda_targets(28, C, gen=gen).reshape(4, 7)
-    up = torch.randn(4, 7, generator=gen).to(DEV)
-    check(x, t, backend=backend, upstream=up, lam=0.4, reduction="none", name=f"{backend} nd")
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("backend", CUDA_BACKENDS)
-def test_huge_vocabulary(backend, dtype, gen):
-    """C = 262,144 (docs/spec.md's minimum maximum)."""
-    x = cuda_logits(3, 262144, dtype, gen=gen)
-    t = torch.tensor([0, 262143, 131071], device=DEV)
-    check(x, t, backend=backend, lam=0.5, reduction="sum", name=f"{backend} C=262144")
-
-
-@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-def test_confident_rows_bf16(backend, gen):
-    """p_y -> 1 (confident O tokens): the true-class gradient p_y - 1 must not
-    cancel to 0 in float32 (expm1).  Not for backend="torch", whose autograd
-    forms softmax - 1 and does cancel."""
-    N, C = 64, 9
-    x = torch.zeros(N, C, dtype=torch.float64)
-    t = torch.zeros(N, dtype=torch.int64)
-    x[:, 0] = torch.linspace(8, 30, N, dtype=torch.float64)
-    x = x.to(torch.bfloat16).to(DEV).requires_grad_(True)
-    check(x, t.to(DEV), backend=backend, lam=1.0, reduction="sum", name=f"{backend} confident")
-
-
-@pytest.mark.parametrize("C", [9, 1000])
-@pytest.mark.parametrize("backend", CUDA_BACKENDS)
-def test_ignored_rows_exact_zeros(backend, C, gen):
-    N = 50
-    x = cuda_logits(N, C, torch.float32, gen=gen)
-    t = cuda_targets(N, C, gen=gen)
-    ign = t == -100
-    assert bool(ign.any())
-    out = momkernels.mom_cross_entropy(x, t, 0.3, reduction="none", backend=backend)
-    (grad,) = torch.autograd.grad(out.sum(), x)
-    assert bool((out[ign] == 0).all())
-    assert bool((grad[ign] == 0).all())
-
-
-@pytest.mark.parametrize("C", [9, 1000])
-@pytest.mark.parametrize("backend", CUDA_BACKENDS)
-def test_all_ignored(backend, C):
-    x = torch.randn(6, C, device=DEV, requires_grad=True)
-    t = torch.full((6,), -100, device=DEV)
-    mean = momkernels.cross_entropy(x, t, backend=backend)
-    assert bool(torch.isnan(mean))  # as F.cross_entropy
-    s = momkernels.mom_cross_entropy(x, t, 0.5, reduction="sum", backend=backend)
-    (grad,) = torch.autograd.grad(s, x)
-    assert float(s) == 0.0 and bool((grad == 0).all())
-
-
-@pytest.mark.parametrize("backend", CUDA_BACKENDS)
-def test_empty_batch(backend):
-    x = torch.randn(0, 9, device=DEV, requires_grad=True)
-    t = torch.zeros(0, dtype=torch.int64, device=DEV)
-    s = momkernels.mom_cross_entropy(x, t, 0.5, reduction="sum", backend=backend)
-    assert float(s) == 0.0
-    n = momkernels.mom_cross_entropy(x, t, 0.5, reduction="none", backend=backend)
-    assert n.shape == (0,)
-
-
-@pytest.mark.parametrize("backend", CUDA_BACKENDS)
-def test_cross_entropy_matches_pytorch(backend, gen):
-    import torch.nn.functional as F
-
-    x = cuda_logits(40, 37, torch.float32, gen=gen)
-    t = cuda_targets(40, 37, gen=gen)
-    w = cuda_weight(37, gen=gen)
-    for kw in (dict(), dict(weight=w), dict(label_smoothing=0.1), dict(weight=w, reduction="sum")):
-        ours = momkernels.cross_entropy(x, t, backend=backend, **kw)
-        ref = F.cross_entropy(x, t, **kw)
-        assert_close(ours, ref, rtol=1e-5, atol=1e-6, name=f"{backend} {kw}")
-
-
-# Every lane-group size of the CUDA small-C path (G = 2 for C = 5..8, 8 for
-# 17..32, 32 for 65..128: launch.h's small_group) and the switch to one block
-# per row at C = 129 (Triton: tile regime up to 128, row regime above).
-SMALL_C = [5, 6, 7, 8, 17, 24, 31, 32, 65, 100, 127, 128, 129]
-
-
-@pytest.mark.parametrize("C", SMALL_C)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-def test_small_c_group_sizes(backend, dtype, C, gen):
-    N = 301  # not a multiple of any rows-per-block
-    x = cuda_logits(N, C, dtype, gen=gen)
-    t = cuda_targets(N, C, gen=gen, o_index=min(3, C - 1))
-    w = cuda_weight(C, gen=gen)
-    check(x, t, backend=backend, lam=0.3, o_index=min(3, C - 1), weight=w, label_smoothing=0.05,
-          reduction="mean", name=f"{backend} {dtype} C={C}")
-
-
-# Vocabularies padded and masked with -inf (e.g. 65536 + 64): whole chunks of
-# -inf (Triton's 8192-class chunks, a CUDA thread's 16-byte packs).
-NEG_INF_MASKS = {
-    "C=300, classes 0-3": (300, slice(0, 4)),
-    "C=8200, last 8": (8200, slice(8192, 8200)),
-    "C=20000, chunk 8192-16383": (20000, slice(8192, 16384)),
-    "C=65600, padding 65536-65599": (65600, slice(65536, 65600)),
-}
-
-
-@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-@pytest.mark.parametrize("mask", list(NEG_INF_MASKS))
-@pytest.mark.parametrize("backend", CUDA_BACKENDS)
-def test_neg_inf_masked_logits(backend, mask, label_smoothing, gen):
-    """Against the float64 reference and PyTorch: finite losses (+inf with label
-    smoothing, as PyTorch) and finite gradients."""
-    import torch.nn.functional as F
-
-    C, masked = NEG_INF_MASKS[mask]
-    x = (torch.randn(4, C, generator=gen) * 3).to(DEV)
-    x[:, masked] = -float("inf")
-    x.requires_grad_(True)
-    t = torch.tensor([5, C // 2 if C // 2 < masked.start or C // 2 >= masked.stop else 6, 7,
-                      -100], device=DEV)
-    out, grad = check(x, t, backend=backend, lam=1.0, reduction="none",
-                      label_smoothing=label_smoothing, name=f"{backend} {mask}")
-    want = F.cross_entropy(x, t, reduction="none", label_smoothing=label_smoothing)
-    assert_close(out, want, rtol=1e-5, atol=1e-6, name=f"{backend} {mask} loss vs PyTorch")
-    assert bool(torch.isfinite(grad).all())
-
-
-LOW_PRECISION_OPTIONS = [OPTIONS[i] for i in (1, 4, 7, 9, 10, 12)]  # focal, dice, smoothing, weights
-
-
-@pytest.mark.parametrize("opts", LOW_PRECISION_OPTIONS, ids=_opts_id)
-@pytest.mark.parametrize("C", [9, 32000])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("backend", CUDA_BACKENDS)
-def test_options_low_precision(backend, dtype, C, opts, gen):
-    """The options (weights, smoothing, focal, dice) with float16 / bfloat16 logits."""
-    opts = dict(opts)
-    w = cuda_weight(C, gen=gen) if opts.pop("weighted", False) else None
-    N = rows_for(C)
-    x = cuda_logits(N, C, dtype, gen=gen)
-    t = cuda_targets(N, C, gen=gen, o_index=1)
-    check(x, t, backend=backend, lam=0.175, o_index=1, weight=w, reduction="mean",
-          name=f"{backend} {dtype} C={C} {opts}", **opts)
+#
+# The grids of values and gradients (dtypes x classes x reductions, options,
+# lam extremes, low precision, layouts, N-d input, huge vocabularies, the
+# small-C group sizes, -inf masked vocabularies, ignored rows, all-ignored and
+# empty batches, confident bf16 rows, parity with F.cross_entropy) are written
+# once for every device: test_device_grids.py, test_mom_loss.py,
+# test_edge_cases.py and test_cross_entropy_parity.py take conftest.py's
+# ``device`` fixture and run on CUDA tensors on a GPU machine.  This file keeps
+# what only a GPU can show.
 
 
 # ----------------------------------------------------------------- GPU-only properties

@@ -1,7 +1,10 @@
 """Ignored rows, all-ignored and empty batches, confident (p_y -> 1) rows in
 bfloat16, saturated rows, infinite logits, and identities of docs/spec.md that do
 not need the oracle (gamma = 0 focal is CE, lam = 1 is cross-entropy, MoM with
-mom_norm="valid" is a per-row re-weighting)."""
+mom_norm="valid" is a per-row re-weighting).
+
+The tests that take conftest.py's ``device`` run on CUDA tensors too on a GPU
+machine (they replace test_cuda.py's copies of the same checks)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import momkernels
-from helpers import (BACKENDS, DTYPES, FUSED, assert_close, backend_params, check_against_oracle,
+from helpers import (BACKENDS, DTYPES, FUSED, FUSED_ALL_DEVICES, assert_close, backend_params, check_against_oracle,
                      coefficient_scale, grad_tol, make_logits, make_targets, make_weight, oracle,
                      oracle_floor, run_backend, value_tol)
 
@@ -25,19 +28,24 @@ LOSSES = ["ce", "focal", "dice"]
 @pytest.mark.parametrize("ignore_index", [-100, 3, 40])
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("backend", backend_params(heavy=True))
-def test_ignored_rows_exactly_zero(backend, dtype, loss, ignore_index, gen):
+@pytest.mark.parametrize("C", [37, 1000])
+@pytest.mark.parametrize("backend", backend_params(heavy=True, devices=True))
+def test_ignored_rows_exactly_zero(backend, dtype, loss, ignore_index, C, device, gen):
     """reduction="none": ignored rows give exactly 0 loss and exactly 0 gradient
-    rows (also with a non-zero upstream gradient on them), for every reduction."""
-    N, C = 41, 37
-    x = make_logits((N, C), dtype, gen=gen)
-    t = make_targets((N,), C, gen=gen, kind="random", ignore_index=ignore_index, ignore_frac=0.3)
+    rows (also with a non-zero upstream gradient on them), for every reduction.
+    C = 37: the tile / small-C kernels of every backend; C = 1000 their row
+    kernels (CPU C > 64, CUDA and Triton C > 128)."""
+    N = 41
+    x = make_logits((N, C), dtype, gen=gen, device=device)
+    t = make_targets((N,), C, gen=gen, kind="random", ignore_index=ignore_index, ignore_frac=0.3,
+                     device=device)
     ign = t == ignore_index
     assert 0 < int(ign.sum()) < N
-    w = make_weight(C, dtype, gen=gen)
+    w = make_weight(C, dtype, gen=gen, device=device)
     kw = dict(lam=0.175, o_index=1, ignore_index=ignore_index, weight=w, loss=loss,
               backend=backend)
-    out, grad = run_backend(x, t, torch.full((N,), 3.0, dtype=dtype), reduction="none", **kw)
+    out, grad = run_backend(x, t, torch.full((N,), 3.0, dtype=dtype, device=device),
+                            reduction="none", **kw)
     assert bool((out[ign] == 0).all()), out[ign]
     assert bool((grad[ign] == 0).all())
     assert bool((out[~ign] != 0).any())  # and the others are really computed
@@ -69,13 +77,14 @@ def test_ignored_rows_with_minus_inf_logits(backend, loss, reduction):
 @pytest.mark.parametrize("lam", [0.0, 0.175, 1.0])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("backend", backend_params())
-def test_all_ignored_batch(backend, dtype, reduction, lam, gen):
+@pytest.mark.parametrize("C", [9, 1000])  # tile / small-C and row kernels
+@pytest.mark.parametrize("backend", backend_params(devices=True))
+def test_all_ignored_batch(backend, dtype, reduction, lam, C, device, gen):
     """Every row ignored: mean -> NaN (0/0, as PyTorch), sum -> 0, none -> zeros;
     gradients are exactly zero in every case."""
-    N, C = 13, 9
-    x = make_logits((N, C), dtype, gen=gen)
-    t = torch.full((N,), -100)
+    N = 13
+    x = make_logits((N, C), dtype, gen=gen, device=device)
+    t = torch.full((N,), -100, device=device)
     out, grad = run_backend(x, t, backend=backend, lam=lam, o_index=0, reduction=reduction)
     assert out.dtype == dtype
     if reduction == "mean":
@@ -106,10 +115,10 @@ def test_all_ignored_batch_rows_norm(backend, reduction, gen):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("backend", backend_params())
-def test_empty_batch(backend, dtype, reduction):
-    x = torch.empty(0, 7, dtype=dtype, requires_grad=True)
-    t = torch.empty(0, dtype=torch.int64)
+@pytest.mark.parametrize("backend", backend_params(devices=True))
+def test_empty_batch(backend, dtype, reduction, device):
+    x = torch.empty(0, 7, dtype=dtype, device=device, requires_grad=True)
+    t = torch.empty(0, dtype=torch.int64, device=device)
     out = momkernels.mom_cross_entropy(x, t, 0.5, reduction=reduction, backend=backend)
     ref = F.cross_entropy(x.detach().float(), t, reduction=reduction)
     assert out.dtype == dtype and out.shape == ref.shape
@@ -139,9 +148,9 @@ def test_lam0_without_o_rows_is_zero():
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("C", [9, 1000])
-@pytest.mark.parametrize("backend", FUSED)
-def test_bf16_confident_majority_rows(backend, C, loss, reduction):
+@pytest.mark.parametrize("C", [9, 1000])  # tile / small-C and row kernels
+@pytest.mark.parametrize("backend", FUSED_ALL_DEVICES)
+def test_bf16_confident_majority_rows(backend, C, loss, reduction, device):
     """Confident O tokens (p_y = 1 - delta, delta = 1e-3 ... 1e-6) in bfloat16:
     the true-class gradient entry is ~ -(1 - p_y) -- computed as p_y - 1 it
     cancels in float32 -- and must match the float64 oracle (same bf16 logits,
@@ -158,10 +167,11 @@ def test_bf16_confident_majority_rows(backend, C, loss, reduction):
     g = torch.Generator().manual_seed(7)
     n_ent = 3
     x64 = torch.cat([torch.stack(rows), torch.randn(n_ent, C, generator=g, dtype=torch.float64)])
-    x = x64.to(torch.bfloat16).requires_grad_(True)
-    t = torch.tensor([o_index] * len(deltas) + [1, 2, 3])
+    x = x64.to(torch.bfloat16).to(device).requires_grad_(True)
+    t = torch.tensor([o_index] * len(deltas) + [1, 2, 3], device=device)
     kw = dict(lam=0.175, o_index=o_index, loss=loss, reduction=reduction)
-    upstream = torch.ones(len(t), dtype=torch.bfloat16) if reduction == "none" else None
+    upstream = (torch.ones(len(t), dtype=torch.bfloat16, device=device) if reduction == "none"
+                else None)
     out, grad = run_backend(x, t, upstream, backend=backend, **kw)
     ref_out, ref_grad = oracle(x, t, upstream, **kw)
     n = len(deltas)

@@ -11,6 +11,11 @@ Two grids:
   kind (ignored rows, NER-like, custom ignore_index, int32, strided), loss,
   reduction, lam and weight appears in at least one case (a greedy pairwise
   covering array, fixed seed), for every backend.
+
+Both run on every device (conftest.py's ``device``: CUDA tensors on a GPU
+machine, with the CUDA backends), so a GPU run checks the same cases; the
+shapes that matter only to the CUDA and Triton kernels' regimes are in
+test_device_grids.py.
 """
 
 from __future__ import annotations
@@ -43,11 +48,11 @@ RED_CFGS = [("mean", "valid"), ("mean", "rows"), ("mean", 12.5), ("sum", "valid"
             ("none", "valid")]
 
 
-def _upstream(reduction, tshape, dtype, gen):
+def _upstream(reduction, tshape, dtype, gen, device="cpu"):
     if reduction != "none":
         return None
     # a non-trivial upstream gradient for per-row losses, rounded to dtype
-    return (torch.rand(tshape, generator=gen, dtype=torch.float64) + 0.5).to(dtype)
+    return (torch.rand(tshape, generator=gen, dtype=torch.float64) + 0.5).to(dtype).to(device)
 
 
 # ------------------------------------------------------------- options grid
@@ -58,28 +63,37 @@ def _upstream(reduction, tshape, dtype, gen):
 @pytest.mark.parametrize("red", RED_CFGS, ids=lambda r: "-".join(map(str, r)))
 @pytest.mark.parametrize("loss_cfg", ["ce", "ce_ls", "focal", "dice"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("backend", backend_params(heavy=True))
-def test_options_grid(backend, dtype, loss_cfg, red, lam, use_weight, gen):
+@pytest.mark.parametrize("backend", backend_params(heavy=True, devices=True))
+def test_options_grid(backend, dtype, loss_cfg, red, lam, use_weight, device, gen):
+    # C = 9 (a NER tag set): the CPU tile path (C <= 64), the CUDA small-C path
+    # (C <= 128, 4 lanes per row), Triton's tile regime (C <= 128)
     N, C, o_index = 33, 9, 2
-    x = make_logits((N, C), dtype, gen=gen)
+    x = make_logits((N, C), dtype, gen=gen, device=device)
     # half NER-like (o_index often), half uniform with 30 % ignored rows
     t = torch.cat([
-        make_targets((17,), C, gen=gen, kind="ner", o_index=o_index),
-        make_targets((16,), C, gen=gen, kind="random", ignore_frac=0.3),
+        make_targets((17,), C, gen=gen, kind="ner", o_index=o_index, device=device),
+        make_targets((16,), C, gen=gen, kind="random", ignore_frac=0.3, device=device),
     ])
     assert (t == -100).any() and (t == o_index).any() and ((t != o_index) & (t >= 0)).any()
     loss, extra = LOSS_CFGS[loss_cfg]
     reduction, mom_norm = red
-    w = make_weight(C, dtype, gen=gen) if use_weight else None
+    w = make_weight(C, dtype, gen=gen, device=device) if use_weight else None
     check_against_oracle(
-        x, t, upstream=_upstream(reduction, t.shape, dtype, gen), backend=backend, lam=lam,
+        x, t, upstream=_upstream(reduction, t.shape, dtype, gen, device), backend=backend, lam=lam,
         o_index=o_index, weight=w, loss=loss, reduction=reduction, mom_norm=mom_norm, **extra)
 
 
 # ------------------------------------------------------------- pairwise grid
 
 SHAPES = [
+    # C = 1, 2: degenerate rows (p_y = 1; MRC start/end); 9, 37: NER tag sets on
+    # the CPU tile path (C <= 64), the CUDA small-C path (C <= 128: 4 and 16
+    # lanes per row) and Triton's tile regime (C <= 128); N = 257: more rows than
+    # one CPU tile block (256)
     (1, 1), (7, 1), (1, 2), (33, 2), (7, 9), (257, 9), (1, 37), (33, 37), (257, 37),
+    # C = 1000: the CPU row path (C > 64, one chunk of 2048), one CUDA block per
+    # row (C > 128), Triton's row regime (C > 128, one chunk); C = 70001: 35 CPU
+    # chunks, 9 Triton chunks of 8192 (the last one partial)
     (7, 1000), (33, 1000), (3, 70001), (1, 70001),
     (9,), (1000,),                # (C,) with a 0-dim target
     (3, 9, 5), (2, 37, 3, 5),     # (N, C, d1), (N, C, d1, d2)
@@ -147,8 +161,8 @@ def _is_big(c):
     "case",
     [pytest.param(c, id=_case_id(c), marks=[pytest.mark.slow] if _is_big(c) else [])
      for c in PAIRWISE_CASES])
-@pytest.mark.parametrize("backend", backend_params(heavy=True))
-def test_shapes_pairwise(backend, case, gen):
+@pytest.mark.parametrize("backend", backend_params(heavy=True, devices=True))
+def test_shapes_pairwise(backend, case, device, gen):
     dtype, shape = case["dtype"], case["shape"]
     C = num_classes(shape)
     tshape = target_shape(shape)
@@ -168,14 +182,14 @@ def test_shapes_pairwise(backend, case, gen):
         strided = True
     elif case["targets"] == "none_ignored":
         kind = "none_ignored"
-    x = make_logits(shape, dtype, gen=gen, layout=case["layout"])
+    x = make_logits(shape, dtype, gen=gen, layout=case["layout"], device=device)
     t = make_targets(tshape, C, gen=gen, kind=kind, o_index=o_index, ignore_index=ignore_index,
-                     dtype=tdtype, strided=strided)
+                     dtype=tdtype, strided=strided, device=device)
     loss, extra = LOSS_CFGS[case["loss"]]
     reduction, mom_norm = case["red"]
-    w = make_weight(C, dtype, gen=gen) if case["weight"] else None
+    w = make_weight(C, dtype, gen=gen, device=device) if case["weight"] else None
     check_against_oracle(
-        x, t, upstream=_upstream(reduction, t.shape, dtype, gen), backend=backend,
+        x, t, upstream=_upstream(reduction, t.shape, dtype, gen, device), backend=backend,
         lam=case["lam"], o_index=o_index, ignore_index=ignore_index, weight=w, loss=loss,
         reduction=reduction, mom_norm=mom_norm, **extra)
 

@@ -17,12 +17,14 @@ Kernels (all math in float32, whatever the logits' dtype; partial sums in float6
   record per program: (sum_valid l, sum_O l, sum_valid w_y) in float64.
 * ``mom_reduce_kernel`` -- ONE program: adds the partial records in program
   order (deterministic) and applies ``reduce_loss``: the reduced loss and the
-  backward's row coefficients (a, b) = coef[0:2]; the forward's program 0
-  writes coef[2] = W = sum_c w_c (label smoothing's gradient needs it before
-  its class loop).  Everything stays on the device: no ``.item()``, no host
+  backward's row coefficients coef = (a, b), shape (2,) as the C++
+  operators' coef.  Everything stays on the device: no ``.item()``, no host
   synchronisation.
 * ``mom_bwd_kernel`` -- same tiling; recomputes p from (m, logs) and writes
-  the gradient (to a new buffer, or in place over the logits).
+  the gradient (to a new buffer, or in place over the logits).  Label
+  smoothing with class weights needs W = sum_c w_c before its class loop:
+  each program adds the weights itself, chunk by chunk in the forward's
+  order (as the CUDA ``bwd_*`` kernels of csrc/cuda/backward.cu do).
 
 Two regimes, picked by C (``launch_config``), one code path:
 
@@ -218,7 +220,6 @@ def _chunk_stats(x, w, cmask, row_ok, SMOOTH: tl.constexpr):
 def mom_fwd_kernel(
     x_ptr, t_ptr, w_ptr,  # logits (N, C); targets (N,); class weights (C,) float32
     none_ptr, stats_ptr, partial_ptr,  # out: (N,) loss for "none"; (N, 2) f32; (programs, 3) f64
-    coef_ptr,  # out: (3,) f32; this kernel writes coef[2] = W = sum_c w_c (0 without smoothing)
     N, C, stride_xn, stride_xc, stride_t,
     o_index, ignore_index,
     coef_rest, coef_o,  # "none": row coefficient lam (other rows) / lam + (1 - lam) (O rows)
@@ -310,12 +311,7 @@ def mom_fwd_kernel(
         ell = (1.0 - eps) * ell + eps / C * (wdev + wsum * logs)
     ell = tl.where(ok, ell, tl.where(bad, float("nan"), 0.0))
 
-    # 4. outputs (W for the backward, whose chunk loop needs it up front)
-    if pid == 0:
-        if SMOOTH:
-            tl.store(coef_ptr + 2, wsum)
-        else:
-            tl.store(coef_ptr + 2, 0.0)
+    # 4. outputs
     tl.store(stats_ptr + rows * 2, tl.where(ok, m, 0.0), mask=rmask)
     tl.store(stats_ptr + rows * 2 + 1, tl.where(ok, logs, 0.0), mask=rmask)
     is_o = ok & (y == o_index)
@@ -396,7 +392,7 @@ def mom_reduce_kernel(
 
 @triton.jit
 def mom_bwd_kernel(
-    g_ptr, x_ptr, t_ptr, w_ptr, stats_ptr, coef_ptr,  # inputs (see mom_fwd_kernel); coef (a, b, W)
+    g_ptr, x_ptr, t_ptr, w_ptr, stats_ptr, coef_ptr,  # inputs (see mom_fwd_kernel); coef (a, b)
     dx_ptr,  # out: gradient, logits dtype; may be x_ptr itself (in-place backward)
     N, C, stride_xn, stride_xc, stride_t, stride_g, stride_dn, stride_dc,
     o_index, ignore_index,
@@ -451,7 +447,15 @@ def mom_bwd_kernel(
     else:
         w_y = tl.full([BLOCK_N], 1.0, tl.float32)
     if SMOOTH:
-        W = tl.load(coef_ptr + 2)
+        # W = sum_c w_c, added chunk by chunk as the forward's wsum (C without weights)
+        if HAS_WEIGHT:
+            W = tl.sum(tl.load(w_ptr + tl.arange(0, BLOCK_C), mask=tl.arange(0, BLOCK_C) < C,
+                               other=0.0), 0)
+            for c0 in range(BLOCK_C, _loop_end(C), BLOCK_C):
+                wcols = c0 + tl.arange(0, BLOCK_C)
+                W = W + tl.sum(tl.load(w_ptr + wcols, mask=wcols < C, other=0.0), 0)
+        else:
+            W = C * 1.0
         A = scale * (1.0 - eps) * w_y * h
         S = scale * (eps / C)
         Bs = S * W

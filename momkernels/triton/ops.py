@@ -11,9 +11,10 @@ when the in-place backward was asked for.
 give the operators a fake (meta) implementation for free: the same Python
 function, traced with fake tensors.  The ops mirror the C++ operators'
 schemas (``momkernels::mom_loss_fwd/bwd``): the forward returns
-(loss, stats (N, 2) = per-row (max, log-normaliser), coef (3,) = the
-reduction coefficients (a, b) and W = sum of the class weights, used by
-label smoothing's gradient), all three computed on the device.
+(loss, stats (N, 2) = per-row (max, log-normaliser), coef (2,) = the
+reduction coefficients (a, b), row i's coefficient being a + b [y_i == o_index]),
+all three computed on the device, with the shapes and meaning of the C++
+operators' outputs (float32, the math dtype of every logits dtype here).
 
 Inputs are float16 / bfloat16 / float32 logits (N, C) with any strides,
 int32 / int64 targets (N,) with any stride; the math is float32.  float64
@@ -75,8 +76,8 @@ def _check_backward(grad: Tensor, input: Tensor, stats: Tensor, coef: Tensor) ->
                  lambda: f"momkernels: grad must be 0-dim or (N,); got {tuple(grad.shape)}")
     torch._check(stats.dtype == torch.float32 and stats.shape == (N, 2) and stats.is_contiguous(),
                  lambda: "momkernels: stats must be the forward's contiguous float32 (N, 2)")
-    torch._check(coef.dtype == torch.float32 and coef.shape == (3,),
-                 lambda: "momkernels: coef must be the forward's float32 (3,)")
+    torch._check(coef.dtype == torch.float32 and coef.shape == (2,),
+                 lambda: "momkernels: coef must be the forward's float32 (2,)")
 
 
 def _class_weights(weight: Optional[Tensor]) -> Optional[Tensor]:
@@ -126,7 +127,7 @@ def _fwd_fake(input, target, weight, lam, o_index, ignore_index, loss, gamma, di
     N = input.shape[0]
     out = input.new_empty((N,) if reduction == "none" else ())
     return (out, input.new_empty((N, 2), dtype=torch.float32),
-            input.new_empty((3,), dtype=torch.float32))
+            input.new_empty((2,), dtype=torch.float32))
 
 
 def _bwd_fake(grad, input, target, weight, stats, coef, o_index, ignore_index, loss, gamma,
@@ -159,13 +160,12 @@ def triton_mom_loss_fwd(
     none = reduction == "none"
     out = input.new_empty((N,) if none else ())
     stats = input.new_empty((N, 2), dtype=torch.float32)
-    # coef = (a, b, W); W is written by the forward kernel (zeros: N = 0 launches none)
-    coef = (input.new_empty if N > 0 else input.new_zeros)((3,), dtype=torch.float32)
+    coef = input.new_empty((2,), dtype=torch.float32)  # (a, b): mom_reduce_kernel writes it
     partials = input.new_empty((num_programs, 3), dtype=torch.float64)
     w32 = _class_weights(weight)
     if N > 0:
         wrap_triton(mom_fwd_kernel)[(num_programs,)](
-            input, target, w32, out, stats, partials, coef,
+            input, target, w32, out, stats, partials,
             N, C, input.stride(0), input.stride(1), target.stride(0),
             o_index, ignore_index, lam, lam + (1.0 - lam),
             gamma, dice_alpha, dice_smooth, label_smoothing,
