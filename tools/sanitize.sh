@@ -71,6 +71,7 @@ if [ ! -e "$ASAN_RT" ]; then
   exit 2
 fi
 ASAN_RT=$(readlink -f "$ASAN_RT")
+STDCXX_RT=$(readlink -f "$("$CXX" -print-file-name=libstdc++.so)")
 
 step "copy the working tree to $SRC"
 # Tracked files and untracked ones that git does not ignore (so local edits are
@@ -114,7 +115,10 @@ echo "built $SO ($(ldd "$SO" | grep -oE 'lib(asan|ubsan)\.so[.0-9]*' | sort -u |
 # The runtime environment of every Python step (and of the subprocesses the tests start).
 #   LD_PRELOAD: the ASan runtime must be loaded before anything else (python is not
 #     built with ASan, and the instrumented _C.so is dlopen'ed late).  libubsan is
-#     a dependency of _C.so and needs no preload.
+#     a dependency of _C.so and needs no preload.  libstdc++ right after it: python
+#     does not link it, so at ASan's start its __cxa_throw interceptor finds no real
+#     __cxa_throw, and the first C++ exception (triton's import throws one, so does
+#     every c10::Error) dies in "CHECK failed: ... real___cxa_throw != 0".
 #   detect_leaks=0: CPython and torch keep allocations until exit on purpose; LSan
 #     would report those, not ours (the C++ unit test below runs with leak checks).
 #   allocator_may_return_null=1: a malloc that cannot be served returns NULL as
@@ -124,7 +128,7 @@ echo "built $SO ($(ldd "$SO" | grep -oE 'lib(asan|ubsan)\.so[.0-9]*' | sort -u |
 #     in a subprocess whose failure a test expects still fails this run.
 #   abort_on_error=0, halt_on_error=1 (ASan's default): stop at the first report,
 #     exit status 1.
-export LD_PRELOAD=$ASAN_RT${LD_PRELOAD:+:$LD_PRELOAD}
+export LD_PRELOAD=$ASAN_RT:$STDCXX_RT${LD_PRELOAD:+:$LD_PRELOAD}
 export ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:halt_on_error=1:abort_on_error=0:log_path=$REPORTS/asan:${SANITIZE_EXTRA_ASAN_OPTIONS:-}
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$REPORTS/ubsan
 export PYTHONPATH=$SRC
@@ -145,8 +149,8 @@ run() {  # run NAME CMD...: in $SRC; a non-zero exit or a new report fails the s
   echo "--- $name: exit $rc, $(( $(date +%s) - t0 )) s"
 }
 
-step "the loaded extension is the sanitized one"
-(cd / && "$PYTHON" - "$SO" <<'PY'
+loads_sanitized() {  # the extension that loads, from anywhere, is the sanitized one
+  (cd / && "$PYTHON" - "$SO" <<'PY'
 import os, sys
 import momkernels
 from momkernels import ops
@@ -155,7 +159,9 @@ import momkernels._C as C
 assert os.path.samefile(C.__file__, sys.argv[1]), (C.__file__, sys.argv[1])
 print("momkernels from", os.path.dirname(momkernels.__file__), "| build:", ops.build_info())
 PY
-)
+  )
+}
+run "the extension that loads is the sanitized one" loads_sanitized
 
 # The C++ unit test, a plain executable: built and run with ASan+UBSan and leak checks.
 cxx_unit_test() {
