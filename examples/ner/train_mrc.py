@@ -219,8 +219,8 @@ def encode_pairs(tokenizer, sents, types, queries, max_length: int = 128) -> lis
             for i, (toks, tags) in enumerate(chunk):
                 wids, sids = enc.word_ids(i), enc.sequence_ids(i)
                 ids = list(enc["input_ids"][i])
-                tt = (list(enc["token_type_ids"][i]) if "token_type_ids" in enc
-                      else [1 if s == 1 else 0 for s in sids])
+                # segment ids from the encoding itself (a tokenizer may not return them)
+                tt = list(enc.encodings[i].type_ids)
                 binary = bio_to_binary(tags, t)
                 labels = [-100] * len(ids)
                 first = [-1] * len(toks)
@@ -397,13 +397,16 @@ def parser():
 def train_one(cfg, loss_name: str, seed: int, prep: PreparedMRC, **kw) -> dict:
     """train.train_one on the pairs, the record completed with the MRC fields
     (task, types, queries, sentence counts, pairs/s, dice options)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     rec = train.train_one(cfg, loss_name, seed, prep, **kw)
     if not rec:
         return rec
     rec.update({
         # model building and the dev/test evaluation (the run's time outside training)
         "other_seconds": time.perf_counter() - t0 - rec["train_seconds"],
+        # CPU time of this process over the whole run (on a shared machine a steadier
+        # measure of the work than the wall clock)
+        "cpu_seconds": time.process_time() - c0,
         "task": "mrc", "types": prep.types, "queries": prep.queries, "bio_labels": prep.bio_labels,
         "n_train_pairs": len(prep.train), "n_train_sentences": len(prep.train_sents),
         "n_dev_sentences": len(prep.dev_sents), "n_test_sentences": len(prep.test_sents),
