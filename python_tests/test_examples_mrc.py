@@ -199,7 +199,7 @@ def test_reproduce_paper_mrc_part_tiny(rp, tmp_path):
     rp.main(common + ["--parts", "main", "--losses", "ce", "--seeds", "0,1"])
     recs = rp.main(common + ["--parts", "mrc", "--mrc-losses", "ce,focal,dice,mom,mom-tuned",
                              "--seeds", "0,1", "--mrc-max-train", "8", "--optuna-trials", "1",
-                             "--mrc-tune-max-train", "8", "--resume"])
+                             "--mrc-tune-max-train", "8", "--mrc-max-dev", "4", "--resume"])
     mrc = {(r["loss"], r["seed"]): r for r in recs if r.get("part") == "mrc"}
     assert set(mrc) == {(f"mrc-{l}", s) for l in ("ce", "focal", "dice", "mom", "mom-tuned")
                         for s in (0, 1)}
@@ -213,13 +213,16 @@ def test_reproduce_paper_mrc_part_tiny(rp, tmp_path):
     # the sequence-labelling scale is the main command's, the MRC one its own
     assert meta["n_train"] == 16 and meta["mrc"]["n_train_sentences"] == 8
     assert meta["mrc"]["ceiling"]["split"] == "test"
+    # a smaller dev set (--mrc-max-dev), the test set of --max-eval
+    assert (meta["mrc"]["n_dev_sentences"], meta["mrc"]["n_test_sentences"]) == (4, 6)
+    assert r["n_dev_sentences"] == 4 and r["n_dev"] == 4 * len(r["types"])
     assert meta["parts"] == ["main", "mrc"]
     page = doc.read_text()
     for s in ("## MRC: the paper's BERT-MRC framework (its Table 6)", "| FL (γ = 3) | 2 |",
               "| DL (α = 1, δ = 0.01) | 2 |", "| MoM (λ = 0.446, paper norm) | 2 |",
               "p vs FL (entity F1) | p vs DL (entity F1)", "| MoM (λ tuned = ",
               "Decoding ceiling (test split", "entity F1 SL | entity F1 MRC",
-              "significantly better than FL and DL", "λ tuning (MRC)"):
+              "significantly better than FL and DL", "λ tuning (MRC)", "| 2 / 2 | 6 / 6 |"):
         assert s in page, s
     assert "Not run yet: part mrc" not in page
     # the sequence-labelling table does not mix in the MRC runs

@@ -139,6 +139,9 @@ def parser():
                         "pair per entity type; 0 = all)")
     p.add_argument("--mrc-max-eval", type=int, default=None,
                    help="part mrc: the first N dev/test sentences (default: --max-eval)")
+    p.add_argument("--mrc-max-dev", type=int, default=None,
+                   help="part mrc: the first N dev sentences, for the runs' dev score and the "
+                        "lambda tuning (default: --mrc-max-eval)")
     p.add_argument("--mrc-epochs", type=int, default=None, help="part mrc (default: --epochs)")
     p.add_argument("--mrc-lam", type=float, default=train_mrc.PAPER_MRC_LAM,
                    help="part mrc: MoM lambda (the paper's for BERT-MRC: 0.446)")
@@ -220,6 +223,7 @@ def mrc_config(args, **over):
             "--epochs", str(args.mrc_epochs or args.epochs), "--lr", str(args.lr),
             "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
             "--max-train", str(args.mrc_max_train), "--max-eval", str(max_eval),
+            "--max-dev", str(args.mrc_max_dev or max_eval),
             "--gamma", str(args.mrc_gamma), "--dice-alpha", str(args.mrc_dice_alpha),
             "--dice-delta", str(args.mrc_dice_delta), "--wce2-beta", str(args.wce2_beta),
             "--mom-norm", args.mom_norm, "--max-grad-norm", str(args.max_grad_norm),
@@ -730,8 +734,9 @@ def mrc_section(rows, main_rows, meta) -> list:
     if m:
         out.append(f"Scale: {m.get('n_train_sentences')} training sentences "
                    f"({m.get('n_train_pairs')} pairs, {m.get('types')}), {m.get('epochs')} "
-                   f"epoch(s), seeds {m.get('seeds')}, test {m.get('n_test_sentences')} "
-                   f"sentences; FL γ = {m.get('gamma')}, DL α = {m.get('dice_alpha')}, "
+                   f"epoch(s), seeds {m.get('seeds')}, dev {m.get('n_dev_sentences')} / test "
+                   f"{m.get('n_test_sentences')} sentences; FL γ = {m.get('gamma')}, "
+                   f"DL α = {m.get('dice_alpha')}, "
                    f"δ = {m.get('dice_delta')}, MoM λ = {m.get('lam')}.\n")
     tun = meta.get("mrc_tuning") or {}
     if tun.get("trials"):
@@ -761,11 +766,13 @@ def mrc_section(rows, main_rows, meta) -> list:
             sl = [r for r in main_rows if base_of(r) == b]
             mr = [r for r in mrc_rows if base_of(r) == b]
             body.append([label(sl[0]), f"{len(sl)} / {len(mr)}",
+                         f"{sl[0].get('n_test')} / {mr[0].get('n_test_sentences')}",
                          _fmt([r["test"]["entity_f1"] for r in sl]),
                          _fmt([r["test"]["entity_f1"] for r in mr]),
                          _fmt([r["test"]["token_macro_f1"] for r in sl]),
                          _fmt([r["test"]["token_macro_f1"] for r in mr])])
-        out += _table(["Loss (sequence labelling)", "runs SL / MRC", "entity F1 SL",
+        out += _table(["Loss (sequence labelling)", "runs SL / MRC", "test sentences SL / MRC",
+                       "entity F1 SL",
                        "entity F1 MRC", "macro F1 SL", "macro F1 MRC"], body)
     return out
 
@@ -998,7 +1005,8 @@ def main(argv=None):
         ceil = train_mrc.decoding_ceiling(mprep.test_sents, mprep.bio_labels)
         meta["mrc"] = {
             "n_train_sentences": len(mprep.train_sents), "n_train_pairs": len(mprep.train),
-            "n_test_sentences": len(mprep.test_sents), "types": mprep.types,
+            "n_test_sentences": len(mprep.test_sents), "n_dev_sentences": len(mprep.dev_sents),
+            "types": mprep.types,
             "queries": mprep.queries, "epochs": mcfg.epochs, "lam": mcfg.lam,
             "gamma": mcfg.gamma, "dice_alpha": mcfg.dice_alpha, "dice_delta": mcfg.dice_delta,
             "max_length": mcfg.max_length, "mom_norm": mcfg.mom_norm,
