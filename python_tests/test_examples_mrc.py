@@ -5,7 +5,6 @@ the example against momkernels, one end-to-end run with the tiny model, and
 reproduce_paper.py's MRC part."""
 
 import importlib
-import importlib.util
 import json
 import sys
 from pathlib import Path

@@ -561,11 +561,15 @@ def make_table(records, tuning, meta, old_doc: str = "", plot_path=None) -> str:
     lines.append(f"- Model: `{meta.get('model')}` ({meta.get('model_desc', '')})")
     lines.append(f"- Data: {meta.get('data_desc', meta.get('data'))}")
     norm = meta.get("mom_norm", "valid")
-    lines.append(f"- Scale: {meta.get('epochs')} epochs, {meta.get('n_train')} training sentences, "
-                 f"seeds {meta.get('seeds')}, lr {meta.get('lr')}, batch {meta.get('batch_size')}, "
-                 f"max length {meta.get('max_length')} sub-words, max_grad_norm "
-                 f"{meta.get('max_grad_norm', 1.0)}, MoM "
-                 f"{report.norm_desc(norm, meta.get('max_length', 128))}")
+    if meta.get("epochs") is None:  # a folder of part mrc only
+        lines.append("- Scale: no sequence-labelling command in this folder (MRC: see its section)")
+    else:
+        lines.append(f"- Scale: {meta.get('epochs')} epochs, {meta.get('n_train')} training "
+                   f"sentences, seeds {meta.get('seeds')}, lr {meta.get('lr')}, batch "
+                   f"{meta.get('batch_size')}, "
+                   f"max length {meta.get('max_length')} sub-words, max_grad_norm "
+                   f"{meta.get('max_grad_norm', 1.0)}, MoM "
+                   f"{report.norm_desc(norm, meta.get('max_length', 128))}")
     if tuning and tuning.get("trials"):
         tr = ", ".join(f"λ={t['lam']:.3f}: {t['dev_entity_f1'] * 100:.2f}" for t in tuning["trials"])
         lines.append(f"- λ tuning: Optuna TPESampler(seed=0), {len(tuning['trials'])} trials over "
@@ -721,8 +725,9 @@ def mrc_section(rows, main_rows, meta) -> list:
     ceil = m.get("ceiling") or {}
     if ceil:
         c = ceil
-        out.append(f"Decoding ceiling ({c.get('split', 'test')} split, gold BIO → pairs → "
-                   f"decode → BIO): entity P/R/F1 {100 * c['entity_precision']:.2f} / "
+        out.append(f"Decoding ceiling ({c.get('split', 'test')} split, {c['sentences']} "
+                   f"sentences; gold BIO → pairs → decode → BIO): entity P/R/F1 "
+                   f"{100 * c['entity_precision']:.2f} / "
                    f"{100 * c['entity_recall']:.2f} / {100 * c['entity_f1']:.2f}, token macro F1 "
                    f"{100 * c['token_macro_f1']:.2f}: {c['adjacent_same_type']} of "
                    f"{c['entities']} gold entities start right after an entity of the same "

@@ -54,7 +54,6 @@ import hashlib
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -65,7 +64,7 @@ if str(HERE) not in sys.path:
 
 import train  # noqa: E402
 from data import (NERDataWarning, class_weights, collate_inputs, data_checks,  # noqa: E402
-                  dist_info, find_splits, label_list, read_conll, train_subset, warn)
+                  find_splits, label_list, read_conll, train_subset, warn)
 from model import build_tokenizer  # noqa: E402
 from report import load_records, norm_desc, run_line, scores, write_outputs  # noqa: E402
 
@@ -478,11 +477,12 @@ def main(argv=None) -> list:
             if rank == 0:
                 records.append(rec)
                 write_outputs(records, out)
-                print(run_line(rec) + f"; {rec['pairs_per_s']:,.1f} pairs/s", flush=True)
+                print(run_line(rec) + f"; {rec['pairs_per_s'] or 0:,.1f} pairs/s", flush=True)
     if rank == 0:
         header = (f"MRC: {cfg.model} on {cfg.data} ({len(prep.train_sents)} train sentences = "
                   f"{len(prep.train)} pairs, {cfg.epochs} epochs, seeds {cfg.seed_list}); MoM: "
-                  f"λ = {cfg.lam}, {mrc_norm_desc(cfg.mom_norm, cfg.max_length)}; focal γ = {cfg.gamma:g}; dice α = {cfg.dice_alpha:g}, "
+                  f"λ = {cfg.lam}, {mrc_norm_desc(cfg.mom_norm, cfg.max_length)}; focal "
+                  f"γ = {cfg.gamma:g}; dice α = {cfg.dice_alpha:g}, "
                   f"δ = {cfg.dice_delta:g}; test split decoded to BIO, mean ± std over seeds "
                   f"(×100); wall {time.perf_counter() - t_start:.0f} s")
         table = write_outputs(records, out, header)
