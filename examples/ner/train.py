@@ -17,6 +17,8 @@ main; beside it:
   model.py    --model: minilm, tiny or a local folder, and its tokenizer
   losses.py   --losses and --mom-norm: the loss functions, also under torchrun
   report.py   metrics, records, summary tables and plots (the outputs)
+  train_mrc.py  the paper's MRC framework on top of this loop ((query, sentence)
+              pairs with binary labels, decoded back to BIO)
 
 README.md beside this file has the results and the commands that made them.
 
