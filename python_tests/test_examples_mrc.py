@@ -227,3 +227,16 @@ def test_reproduce_paper_mrc_part_tiny(rp, tmp_path):
     # the sequence-labelling table does not mix in the MRC runs
     t3 = page.split("## Table 3")[1].split("## Table 5")[0]
     assert "| CE | 2 |" in t3 and "γ = 3" not in t3 and "0.446" not in t3
+
+
+def test_collate_inputs_token_type_ids_only_for_pairs():
+    data = _example("data")
+    seq = [{"input_ids": [2, 5, 3], "labels": [-100, 1, -100]},
+           {"input_ids": [2, 3], "labels": [-100, -100]}]
+    inputs, lab = data.collate_inputs(seq, 0)
+    assert set(inputs) == {"input_ids", "attention_mask"}  # train.py's batches, as before
+    ids, mask, lab0 = data.collate(seq, 0)
+    assert torch.equal(inputs["input_ids"], ids) and torch.equal(lab, lab0)
+    pairs = [{**seq[0], "token_type_ids": [0, 1, 1]}, {**seq[1], "token_type_ids": [0, 0]}]
+    inputs, _ = data.collate_inputs(pairs, 0)
+    assert inputs["token_type_ids"].tolist() == [[0, 1, 1], [0, 0, 0]]
