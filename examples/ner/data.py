@@ -321,6 +321,21 @@ def collate(items, pad_id: int):
     return ids, mask, lab
 
 
+def collate_inputs(items, pad_id: int):
+    """(model inputs, labels) of ``items``: ``collate``'s input_ids and
+    attention_mask as keyword arguments of the model, plus token_type_ids
+    (padding 0) when the items have them (the (query, sentence) pairs of
+    train_mrc.py: segment 0 = [CLS] query [SEP], 1 = sentence [SEP])."""
+    ids, mask, lab = collate(items, pad_id)
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if all("token_type_ids" in it for it in items):
+        tt = torch.zeros_like(ids)
+        for i, it in enumerate(items):
+            tt[i, :len(it["token_type_ids"])] = torch.tensor(it["token_type_ids"])
+        inputs["token_type_ids"] = tt
+    return inputs, lab
+
+
 def bucketed_batches(lengths, batch_size: int, rng: random.Random, chunk_factor: int = 50):
     """Shuffle, sort by length within chunks of chunk_factor*batch_size, cut into
     batches, shuffle the batch order.  Returns lists of indices.  A batch is

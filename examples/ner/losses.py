@@ -64,14 +64,16 @@ MOM_NORMS = ("paper", "valid", "rows")
 
 def make_loss_fn(loss_name: str, *, o_index: int, lam: float, gamma: float, backend: str,
                  weight: Optional[torch.Tensor], distributed: bool, mom_norm: str = "paper",
-                 max_length: int = 128):
+                 max_length: int = 128, dice_alpha: float = 1.0, dice_smooth: float = 0.01):
     """f(logits (B, T, C), labels (B, T), sentences=None) -> scalar loss (mean
     over valid tokens of the global batch under DDP, see module docstring).
 
     ``mom_norm`` (MoM losses only): "paper" = D_MoM of sentences x
     ``max_length``, "valid" or "rows" (see the module docstring).
     ``sentences``: the number of sentences of the *global* batch, needed by
-    "paper" under DDP (default: B of ``logits``, right for one process)."""
+    "paper" under DDP (default: B of ``logits``, right for one process).
+    ``dice_alpha``, ``dice_smooth`` (dice and mom-dice only): the dice loss's
+    alpha and delta (momkernels' defaults, 1.0 and 0.01)."""
     if mom_norm not in MOM_NORMS:
         raise ValueError(f"mom_norm must be one of {MOM_NORMS}; got {mom_norm!r}")
     if loss_name == "torch-ce":
@@ -102,11 +104,11 @@ def make_loss_fn(loss_name: str, *, o_index: int, lam: float, gamma: float, back
     elif loss_name == "focal":
         kw.update(lam=1.0, loss="focal", gamma=gamma)
     elif loss_name == "dice":
-        kw.update(lam=1.0, loss="dice")
+        kw.update(lam=1.0, loss="dice", dice_alpha=dice_alpha, dice_smooth=dice_smooth)
     elif loss_name == "mom-focal":
         kw.update(lam=lam, loss="focal", gamma=gamma)
     elif loss_name == "mom-dice":
-        kw.update(lam=lam, loss="dice")
+        kw.update(lam=lam, loss="dice", dice_alpha=dice_alpha, dice_smooth=dice_smooth)
     else:
         raise ValueError(f"unknown loss {loss_name!r}: choose from {', '.join(ALL_LOSSES)}")
 

@@ -35,9 +35,23 @@ sizes):
           subset per (fraction, seed) shared by the losses (train.py's
           ``--subset-seed`` = the seed; the subsets of a seed are nested):
           ``ce@frac-3/100``, ...
+  mrc     the paper's second framework, BERT-MRC (its Table 6), with
+          examples/ner/train_mrc.py: one (query, sentence) pair per entity
+          type per sentence, binary labels, decoded back to BIO and scored
+          like the other parts on the same test sentences.  ``--mrc-losses``
+          (default ce, focal, dice, mom, mom-tuned) x ``--seeds`` on a random
+          ``--mrc-max-train`` sentence subset (0 = all), ``--mrc-epochs``;
+          the paper's MRC settings: FL gamma ``--mrc-gamma`` 3, DL alpha 1 and
+          delta 0.01, MoM lambda ``--mrc-lam`` 0.446 and lambda tuned on dev
+          (the same TPE tuning on ``--mrc-tune-max-train`` sentences, kept in
+          tuning_mrc.json); MoM's D_MoM = pairs of the batch x
+          ``--max-length``.  Run names ``mrc-ce``, ``mrc-focal``, ...; the page
+          gets an MRC table beside the sequence-labelling one, with the
+          decoding ceiling of the test set (meta.json).
 Runs per part: main |losses| x |seeds| (+ ``--optuna-trials`` tuning trials),
 clip |clip-losses| x |seeds|, long |long-losses| x |seeds|, lowres
-|lowres-losses| x |fractions| x |seeds|.  Records carry ``part``,
+|lowres-losses| x |fractions| x |seeds|, mrc |mrc-losses| x |seeds| (+ tuning
+trials).  ``--parts all`` = every part, mrc included.  Records carry ``part``,
 ``setting`` and ``base_loss``.
 
 MoM normalisation (``--mom-norm``, default ``paper``: D_MoM = sentences of the
@@ -82,12 +96,17 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))  # the example's modules beside this file
 import report  # noqa: E402
 import train  # noqa: E402
+import train_mrc  # noqa: E402
 from data import CONLL_DATA, Prepared  # noqa: E402
 from losses import ALL_LOSSES, MOM_NORMS  # noqa: E402
 from momkernels.benchmark import cpu_model  # noqa: E402  (after losses: its source-tree fallback)
 PAPER_LAM = 0.175
 ORDER = ("ce", "focal", "mom", "wce", "wce2", "mom-tuned")
-PARTS = ("main", "clip", "long", "lowres")
+SEQ_PARTS = ("main", "clip", "long", "lowres")  # sequence labelling
+PARTS = SEQ_PARTS + ("mrc",)
+# the order of the losses in the tables (ORDER is also --losses' default)
+VIEW_ORDER = ("ce", "focal", "dice", "mom", "wce", "wce2", "mom-tuned")
+MRC_ORDER = ("ce", "focal", "dice", "mom", "mom-tuned")
 NAMES = {"ce": "CE", "wce": "WCE (inverse frequency)", "wce2": "WCE-2 (paper's log10 weights)",
          "focal": "FL (γ = 2)", "torch-ce": "torch CE", "dice": "DL"}
 PAPER = {"ce": "91.00", "wce2": "91.07", "focal": "91.17", "mom": "91.33"}
@@ -114,6 +133,24 @@ def parser():
     p.add_argument("--lowres-losses", default="ce,focal,mom", help="part lowres")
     p.add_argument("--fractions", default="3/100,6/100,1/10,1/3",
                    help="part lowres: training fractions (a/b or decimals)")
+    p.add_argument("--mrc-losses", default=",".join(MRC_ORDER), help="part mrc")
+    p.add_argument("--mrc-max-train", type=int, default=0,
+                   help="part mrc: a random subset of N training sentences (each gives one "
+                        "pair per entity type; 0 = all)")
+    p.add_argument("--mrc-max-eval", type=int, default=None,
+                   help="part mrc: the first N dev/test sentences (default: --max-eval)")
+    p.add_argument("--mrc-max-dev", type=int, default=None,
+                   help="part mrc: the first N dev sentences, for the runs' dev score and the "
+                        "lambda tuning (default: --mrc-max-eval)")
+    p.add_argument("--mrc-epochs", type=int, default=None, help="part mrc (default: --epochs)")
+    p.add_argument("--mrc-lam", type=float, default=train_mrc.PAPER_MRC_LAM,
+                   help="part mrc: MoM lambda (the paper's for BERT-MRC: 0.446)")
+    p.add_argument("--mrc-gamma", type=float, default=train_mrc.PAPER_MRC_GAMMA,
+                   help="part mrc: focal gamma (the paper's MRC setting: 3)")
+    p.add_argument("--mrc-dice-alpha", type=float, default=1.0, help="part mrc: dice alpha")
+    p.add_argument("--mrc-dice-delta", type=float, default=0.01, help="part mrc: dice delta")
+    p.add_argument("--mrc-tune-max-train", type=int, default=500,
+                   help="part mrc: sentences of each lambda-tuning trial")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -179,6 +216,27 @@ def train_config(args, **over):
     return cfg
 
 
+def mrc_config(args, **over):
+    """An argparse namespace for train_mrc.train_one (part mrc)."""
+    max_eval = args.max_eval if args.mrc_max_eval is None else args.mrc_max_eval
+    argv = ["--data", args.data, "--model", args.model,
+            "--epochs", str(args.mrc_epochs or args.epochs), "--lr", str(args.lr),
+            "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+            "--max-train", str(args.mrc_max_train), "--max-eval", str(max_eval),
+            "--max-dev", str(args.mrc_max_dev or max_eval),
+            "--gamma", str(args.mrc_gamma), "--dice-alpha", str(args.mrc_dice_alpha),
+            "--dice-delta", str(args.mrc_dice_delta), "--wce2-beta", str(args.wce2_beta),
+            "--mom-norm", args.mom_norm, "--max-grad-norm", str(args.max_grad_norm),
+            "--backend", args.backend, "--lam", str(args.mrc_lam), "--seeds", args.seeds,
+            "--losses", "ce", "--out", args.out, "--threads", str(args.threads)]
+    if args.quiet:
+        argv.append("--quiet")
+    cfg = train.finalize_config(train_mrc.parser().parse_args(argv))
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
 # ------------------------------------------------------------------ run names and labels
 
 
@@ -189,8 +247,10 @@ def norm_suffix(base: str, mom_norm: str) -> str:
 
 def run_name(base: str, part: str, mom_norm: str, *, epochs=None, frac_tok=None) -> str:
     """The record name of a run: ``mom``, ``mom-valid``, ``ce-noclip``,
-    ``mom@10ep-1/10``, ``focal@frac-3/100``."""
+    ``mom@10ep-1/10``, ``focal@frac-3/100``, ``mrc-mom``."""
     name = base + norm_suffix(base, mom_norm)
+    if part == "mrc":
+        return "mrc-" + name
     if part == "clip":
         return name + "-noclip"
     if part == "long":
@@ -202,7 +262,7 @@ def run_name(base: str, part: str, mom_norm: str, *, epochs=None, frac_tok=None)
 
 def setting_of(part: str, *, epochs=None, frac_tok=None) -> str:
     return {"main": "main", "clip": "noclip", "long": f"{epochs}ep-{frac_tok}",
-            "lowres": f"frac-{frac_tok}"}[part]
+            "lowres": f"frac-{frac_tok}", "mrc": "mrc"}[part]
 
 
 def part_of(r) -> str:
@@ -228,6 +288,10 @@ def norm_of(r):
 def label(r) -> str:
     """The loss of a record in words, with its MoM normalisation."""
     base = base_of(r)
+    if base == "focal" and r.get("gamma") not in (None, 2.0):
+        return f"FL (γ = {r['gamma']:g})"
+    if base == "dice" and r.get("dice_alpha") is not None:
+        return f"DL (α = {r['dice_alpha']:g}, δ = {r['dice_delta']:g})"
     if not base.startswith("mom"):
         return NAMES.get(base, base)
     lam = f"λ tuned = {r['lam']:.3f}" if base == "mom-tuned" else f"λ = {r['lam']:g}"
@@ -260,11 +324,11 @@ def _p(rows, metric, name, base):
 
 
 def _names(rows) -> list:
-    """Run names of ``rows`` in ORDER of their base loss, then as they came."""
+    """Run names of ``rows`` in VIEW_ORDER of their base loss, then as they came."""
     names = report.loss_order(rows)
-    rank = {b: i for i, b in enumerate(ORDER)}
+    rank = {b: i for i, b in enumerate(VIEW_ORDER)}
     first = {n: next(r for r in rows if r["loss"] == n) for n in names}
-    return sorted(names, key=lambda n: (rank.get(base_of(first[n]), len(ORDER)),
+    return sorted(names, key=lambda n: (rank.get(base_of(first[n]), len(VIEW_ORDER)),
                                         norm_of(first[n]) not in (None, "paper"), names.index(n)))
 
 
@@ -497,11 +561,15 @@ def make_table(records, tuning, meta, old_doc: str = "", plot_path=None) -> str:
     lines.append(f"- Model: `{meta.get('model')}` ({meta.get('model_desc', '')})")
     lines.append(f"- Data: {meta.get('data_desc', meta.get('data'))}")
     norm = meta.get("mom_norm", "valid")
-    lines.append(f"- Scale: {meta.get('epochs')} epochs, {meta.get('n_train')} training sentences, "
-                 f"seeds {meta.get('seeds')}, lr {meta.get('lr')}, batch {meta.get('batch_size')}, "
-                 f"max length {meta.get('max_length')} sub-words, max_grad_norm "
-                 f"{meta.get('max_grad_norm', 1.0)}, MoM "
-                 f"{report.norm_desc(norm, meta.get('max_length', 128))}")
+    if meta.get("epochs") is None:  # a folder of part mrc only
+        lines.append("- Scale: no sequence-labelling command in this folder (MRC: see its section)")
+    else:
+        lines.append(f"- Scale: {meta.get('epochs')} epochs, {meta.get('n_train')} training "
+                   f"sentences, seeds {meta.get('seeds')}, lr {meta.get('lr')}, batch "
+                   f"{meta.get('batch_size')}, "
+                   f"max length {meta.get('max_length')} sub-words, max_grad_norm "
+                   f"{meta.get('max_grad_norm', 1.0)}, MoM "
+                   f"{report.norm_desc(norm, meta.get('max_length', 128))}")
     if tuning and tuning.get("trials"):
         tr = ", ".join(f"λ={t['lam']:.3f}: {t['dev_entity_f1'] * 100:.2f}" for t in tuning["trials"])
         lines.append(f"- λ tuning: Optuna TPESampler(seed=0, n_startup_trials="
@@ -520,7 +588,8 @@ def make_table(records, tuning, meta, old_doc: str = "", plot_path=None) -> str:
     lines.append(f"- Wall time: {meta.get('wall_minutes', float('nan')):.1f} min"
                  + (" (budget reached: some runs were not started)" if meta.get("budget_hit") else ""))
     have = {p: sum(part_of(r) == p for r in rows) for p in PARTS}
-    missing = [p for p in PARTS if not have[p]]
+    # the sequence-labelling parts; MRC (another framework) has its own section
+    missing = [p for p in SEQ_PARTS if not have[p]]
     lines.append("- Runs in this page: " + ", ".join(f"{p} {have[p]}" for p in PARTS)
                  + (f". Missing parts: {', '.join(missing)} (add them with "
                     f"`python examples/ner/reproduce_paper.py --parts {','.join(missing)} --resume "
@@ -605,6 +674,8 @@ def make_table(records, tuning, meta, old_doc: str = "", plot_path=None) -> str:
     else:
         lines.append("Missing: no runs of part lowres yet (`--parts lowres`).\n")
 
+    lines += mrc_section(rows, main_rows, meta)
+
     lines.append("## Compared with the paper\n")
     lines.append(
         "The paper (Nemoto et al., IEEE Access 2025, Table 3) fine-tunes BERT-base-cased on "
@@ -630,6 +701,87 @@ def make_table(records, tuning, meta, old_doc: str = "", plot_path=None) -> str:
                  "`python examples/ner/reproduce_paper.py --table-only --out <run folder>`.")
     abl = ablation_section(old_doc, norm)
     return "\n".join(lines) + "\n" + ("\n" + abl if abl else "")
+
+
+def mrc_section(rows, main_rows, meta) -> list:
+    """The MRC table (part mrc, the paper's Table 6 framework) beside the
+    sequence-labelling one: scores of the decoded BIO, p vs CE, FL and DL of
+    the MRC runs, the decoding ceiling, and entity / macro F1 of the losses
+    that ran in both frameworks."""
+    mrc_rows = [r for r in rows if part_of(r) == "mrc"]
+    m = meta.get("mrc") or {}
+    out = ["## MRC: the paper's BERT-MRC framework (its Table 6)\n"]
+    out.append(
+        "Each sentence becomes one (query, sentence) pair per entity type, `[CLS] query [SEP] "
+        "sentence [SEP]`, with a binary label per sentence word (part of an entity of the "
+        "query's type or not; 0 plays the role of O, and MoM's term is computed on the words "
+        "labelled 0); the same model and losses with 2 classes "
+        "(examples/ner/train_mrc.py). The predictions are decoded to one BIO sequence per "
+        "sentence (a run of positive words = a span of the query's type; overlapping spans of "
+        "different types: the higher mean positive probability wins) and scored like the "
+        "sequence-labelling runs, on the same test sentences. MoM's D_MoM = pairs of the batch "
+        "× max length (the paper's normalisation with pairs in place of sentences).\n")
+    out.append("The paper (Table 6) evaluates BERT-MRC on CoNLL-2003 with λ = 0.446 tuned for "
+               "BERT-MRC and reports MoM significantly better than FL and DL there. Its exact "
+               "scores are not copied into this page: compare with the paper itself.\n")
+    ceil = m.get("ceiling") or {}
+    if ceil:
+        c = ceil
+        out.append(f"Decoding ceiling ({c.get('split', 'test')} split, {c['sentences']} "
+                   f"sentences; gold BIO → pairs → decode → BIO): entity P/R/F1 "
+                   f"{100 * c['entity_precision']:.2f} / "
+                   f"{100 * c['entity_recall']:.2f} / {100 * c['entity_f1']:.2f}, token macro F1 "
+                   f"{100 * c['token_macro_f1']:.2f}: {c['adjacent_same_type']} of "
+                   f"{c['entities']} gold entities start right after an entity of the same "
+                   "type, and binary labels merge the two.\n")
+    if not mrc_rows:
+        out.append("Not run yet: part mrc (`python examples/ner/reproduce_paper.py --parts mrc "
+                   f"--resume --out {meta.get('out', '<run folder>')}`).\n")
+        return out
+    if m:
+        out.append(f"Scale: {m.get('n_train_sentences')} training sentences "
+                   f"({m.get('n_train_pairs')} pairs, {m.get('types')}), {m.get('epochs')} "
+                   f"epoch(s), seeds {m.get('seeds')}, dev {m.get('n_dev_sentences')} / test "
+                   f"{m.get('n_test_sentences')} sentences; FL γ = {m.get('gamma')}, "
+                   f"DL α = {m.get('dice_alpha')}, "
+                   f"δ = {m.get('dice_delta')}, MoM λ = {m.get('lam')}.\n")
+    tun = meta.get("mrc_tuning") or {}
+    if tun.get("trials"):
+        tr = ", ".join(f"λ={t['lam']:.3f}: {t['dev_entity_f1'] * 100:.2f}" for t in tun["trials"])
+        out.append(f"λ tuning (MRC): Optuna TPESampler(seed=0), {len(tun['trials'])} trials, "
+                   f"each {tun.get('epochs')} epoch(s) on {tun.get('n_train_sentences')} "
+                   f"training sentences, dev entity F1 ({tr}); best λ = {tun['best_lam']:.3f}.\n")
+
+    def p_vs(base):
+        def f(rs):
+            ref = next((r["loss"] for r in mrc_rows if base_of(r) == base), None)
+            if ref is None or rs[0]["loss"] == ref:
+                return "—"
+            return _p(mrc_rows, "entity_f1", rs[0]["loss"], ref)
+        return f
+    out += metrics_table(mrc_rows, METRICS_PR,
+                         extra=[("p vs FL (entity F1)", p_vs("focal")),
+                                ("p vs DL (entity F1)", p_vs("dice"))])
+    both = [b for b in VIEW_ORDER if any(base_of(r) == b for r in mrc_rows)
+            and any(base_of(r) == b for r in main_rows)]
+    if both:
+        out.append("Sequence labelling (Table 3 above) and MRC side by side, test entity F1 / "
+                   "token macro F1 (the MRC runs may train on fewer sentences, see the scale, and "
+                   "use the paper's MRC settings of λ, γ):\n")
+        body = []
+        for b in both:
+            sl = [r for r in main_rows if base_of(r) == b]
+            mr = [r for r in mrc_rows if base_of(r) == b]
+            body.append([label(sl[0]), f"{len(sl)} / {len(mr)}",
+                         f"{sl[0].get('n_test')} / {mr[0].get('n_test_sentences')}",
+                         _fmt([r["test"]["entity_f1"] for r in sl]),
+                         _fmt([r["test"]["entity_f1"] for r in mr]),
+                         _fmt([r["test"]["token_macro_f1"] for r in sl]),
+                         _fmt([r["test"]["token_macro_f1"] for r in mr])])
+        out += _table(["Loss (sequence labelling)", "runs SL / MRC", "test sentences SL / MRC",
+                       "entity F1 SL",
+                       "entity F1 MRC", "macro F1 SL", "macro F1 MRC"], body)
+    return out
 
 
 def _verdict(rows) -> str:
@@ -716,25 +868,31 @@ def main(argv=None):
     prev_wall = meta.get("wall_minutes", 0.0) if args.resume else 0.0
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     losses = split_list(args.losses)
+    mrc_losses = split_list(args.mrc_losses)
     for group in (losses, split_list(args.clip_losses), split_list(args.long_losses),
-                  split_list(args.lowres_losses)):
+                  split_list(args.lowres_losses), mrc_losses):
         for l in group:
             if l != "mom-tuned" and l not in ALL_LOSSES:
                 raise SystemExit(f"unknown loss {l!r}")
     fractions = {tok: parse_fraction(tok) for tok in split_list(args.fractions)}
     long_frac = parse_fraction(args.long_fraction)
     cfg = train_config(args)
-    prep = Prepared(cfg)
-    print(f"CoNLL data {args.data}: train {len(prep.train)} / dev {len(prep.dev)} / test "
-          f"{len(prep.test)}; labels {prep.labels}; parts {','.join(parts)}", flush=True)
+    seq = any(p in SEQ_PARTS for p in parts)  # only part mrc: no sequence-labelling data
+    prep = Prepared(cfg) if seq else None
+    if prep is not None:
+        print(f"CoNLL data {args.data}: train {len(prep.train)} / dev {len(prep.dev)} / test "
+              f"{len(prep.test)}; labels {prep.labels}; parts {','.join(parts)}", flush=True)
     budget_s = args.budget_minutes * 60 if args.budget_minutes > 0 else float("inf")
-    # duration estimate = train seconds per sentence-epoch x sentences x epochs + the rest
-    # (model building, evaluation) of the latest run
-    last = {"rate": None, "overhead": 0.0, "trial": None}
+    # duration estimate = train seconds per item-epoch x items x epochs + the rest (model
+    # building, evaluation) of the latest run of the same kind (items: sentences, or the
+    # (query, sentence) pairs of part mrc)
+    last = {"rate": None, "overhead": 0.0, "trial": None,
+            "mrc": {"rate": None, "overhead": 0.0, "trial": None}}
     budget_hit = False
 
-    def fits_run(n_train, epochs):
-        est = 0.0 if last["rate"] is None else last["rate"] * n_train * epochs + last["overhead"]
+    def fits_run(n_train, epochs, kind=None):
+        k = last["mrc"] if kind == "mrc" else last
+        est = 0.0 if k["rate"] is None else k["rate"] * n_train * epochs + k["overhead"]
         return (time.perf_counter() - t0) + est <= budget_s
 
     n_cpu = torch.get_num_threads()
@@ -743,6 +901,11 @@ def main(argv=None):
     # --resume adds runs to the same folder: keep every command and seed
     commands = (meta.get("commands") or [meta["command"]]) if meta.get("command") else []
     all_seeds = sorted(set(meta.get("seeds", [])) | set(seeds))
+    scale = {  # the sequence-labelling scale: kept when only part mrc runs
+        "mom_norm": args.mom_norm, "max_grad_norm": args.max_grad_norm,
+        "epochs": args.epochs, "n_train": len(prep.train), "seeds": all_seeds, "lr": args.lr,
+        "batch_size": args.batch_size, "max_length": args.max_length,
+    } if seq else {}
     meta.update({
         "date": datetime.date.today().isoformat(),
         "machine": f"{cpu_model()} ({os.cpu_count()} cores), {n_cpu} torch threads, "
@@ -754,9 +917,7 @@ def main(argv=None):
         "data": Path(args.data).name,  # the folder's name: no local path in the records
         "data_desc": (f"CoNLL-2003 English ({Path(args.data).name}: eng.train / eng.testa (dev) / "
                       "eng.testb (test)), IOB1 converted to BIO"),
-        "mom_norm": args.mom_norm, "max_grad_norm": args.max_grad_norm,
-        "epochs": args.epochs, "n_train": len(prep.train), "seeds": all_seeds, "lr": args.lr,
-        "batch_size": args.batch_size, "max_length": args.max_length, "out": str(out),
+        **scale, "out": str(out),
         "command": command, "commands": commands + [command],
         "parts": sorted(set(meta.get("parts", [])) | set(parts), key=PARTS.index),
         "clip_losses": args.clip_losses,
@@ -770,7 +931,7 @@ def main(argv=None):
         report.write_outputs(records, out, baseline="ce")
 
     def run(loss_fn, base, seed, *, part="main", lam=None, cfg_=None, prep_=None, n_train=None,
-            epochs=None, frac_tok=None):
+            epochs=None, frac_tok=None, trainer=train.train_one):
         """One run unless done or over budget; ``prep_`` may be a callable
         (the Prepared is only built when a run needs it)."""
         nonlocal budget_hit
@@ -783,16 +944,18 @@ def main(argv=None):
         if any(r["loss"] == name and r["seed"] == seed for r in records):
             return
         c = cfg_ or cfg
-        if not fits_run(n_train or len(prep.train), c.epochs):
+        kind = "mrc" if part == "mrc" else None
+        if not fits_run(n_train or len(prep.train), c.epochs, kind):
             budget_hit = True
             print(f"budget: skipping {name} seed {seed}", flush=True)
             return
         p = prep_() if callable(prep_) else (prep_ or prep)
         ts = time.perf_counter()
-        rec = train.train_one(c, loss_fn, seed, p, lam=lam, record_name=name)
+        rec = trainer(c, loss_fn, seed, p, lam=lam, record_name=name)
         took = time.perf_counter() - ts
-        last["rate"] = rec["train_seconds"] / max(len(p.train) * c.epochs, 1)
-        last["overhead"] = max(took - rec["train_seconds"], 0.0)
+        k = last["mrc"] if kind == "mrc" else last
+        k["rate"] = rec["train_seconds"] / max(len(p.train) * c.epochs, 1)
+        k["overhead"] = max(took - rec["train_seconds"], 0.0)
         rec.update(part=part, setting=setting_of(part, epochs=epochs, frac_tok=frac_tok),
                    base_loss=base, fraction_label=frac_tok)
         records.append(rec)
@@ -818,7 +981,7 @@ def main(argv=None):
         for seed in seeds:
             for loss in split_list(args.clip_losses):
                 run(loss, loss, seed, part="clip", cfg_=ccfg)
-    n_full = args.max_train or prep.n_train_full
+    n_full = args.max_train or (prep.n_train_full if prep is not None else 0)
 
     def subset_runs(part, loss_list, tok, frac, epochs):
         """The losses on one random subset per seed (subset seed = the seed)."""
@@ -840,6 +1003,40 @@ def main(argv=None):
     if "lowres" in parts:
         for tok, frac in fractions.items():
             subset_runs("lowres", split_list(args.lowres_losses), tok, frac, args.epochs)
+    if "mrc" in parts:
+        mcfg = mrc_config(args)
+        mprep = train_mrc.PreparedMRC(mcfg)
+        print(f"MRC: train {len(mprep.train_sents)} sentences = {len(mprep.train)} pairs "
+              f"({', '.join(mprep.types)}); dev {len(mprep.dev)} / test {len(mprep.test)} pairs",
+              flush=True)
+        ceil = train_mrc.decoding_ceiling(mprep.test_sents, mprep.bio_labels)
+        meta["mrc"] = {
+            "n_train_sentences": len(mprep.train_sents), "n_train_pairs": len(mprep.train),
+            "n_test_sentences": len(mprep.test_sents), "n_dev_sentences": len(mprep.dev_sents),
+            "types": mprep.types,
+            "queries": mprep.queries, "epochs": mcfg.epochs, "lam": mcfg.lam,
+            "gamma": mcfg.gamma, "dice_alpha": mcfg.dice_alpha, "dice_delta": mcfg.dice_delta,
+            "max_length": mcfg.max_length, "mom_norm": mcfg.mom_norm,
+            "seeds": sorted(set((meta.get("mrc") or {}).get("seeds", [])) | set(seeds)),
+            "ceiling": {**ceil, "split": "test"}}
+        for loss in mrc_losses:
+            if loss != "mom-tuned":
+                for seed in seeds:
+                    run(loss, loss, seed, part="mrc", cfg_=mcfg, prep_=mprep,
+                        n_train=len(mprep.train), trainer=train_mrc.train_one)
+                continue
+            mtune_p = out / ("tuning_mrc.json" if args.mom_norm == "paper"
+                             else f"tuning_mrc_{args.mom_norm}.json")
+            mtuning = load_json(mtune_p, {}) if args.resume else {}
+            mtuning = tune_lambda(args, mtuning, mtune_p, budget_s, t0, last["mrc"], mrc=True)
+            if mtuning.get("budget_hit"):
+                budget_hit = True
+            meta["mrc_tuning"] = {k: v for k, v in mtuning.items() if k != "budget_hit"}
+            if mtuning.get("best_lam") is None:
+                continue
+            for seed in seeds:
+                run("mom", "mom-tuned", seed, part="mrc", lam=mtuning["best_lam"], cfg_=mcfg,
+                    prep_=mprep, n_train=len(mprep.train), trainer=train_mrc.train_one)
     save()
     doc = write_doc(args, records, tuning, meta)
     print("\n" + doc, flush=True)
@@ -847,16 +1044,22 @@ def main(argv=None):
     return records
 
 
-def tune_lambda(args, tuning, tune_p, budget_s, t0, last) -> dict:
+def tune_lambda(args, tuning, tune_p, budget_s, t0, last, *, mrc: bool = False) -> dict:
     """Optuna TPE over lambda (dev entity F1) under --mom-norm; resumes from
-    ``tuning``; returns the updated tuning dict ("budget_hit" when stopped)."""
+    ``tuning``; returns the updated tuning dict ("budget_hit" when stopped).
+    ``mrc``: the trials train the MRC model (part mrc) on --mrc-tune-max-train
+    sentences, scored on the decoded dev sentences."""
     if tuning.get("best_lam") is not None and len(tuning.get("trials", [])) >= args.optuna_trials:
         return tuning
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials = tuning.get("trials", [])
-    tcfg = train_config(args, max_train=args.tune_max_train, epochs=args.tune_epochs)
-    tprep = Prepared(tcfg)
+    if mrc:
+        tcfg = mrc_config(args, max_train=args.mrc_tune_max_train, epochs=args.tune_epochs)
+        tprep, trainer = train_mrc.PreparedMRC(tcfg), train_mrc.train_one
+    else:
+        tcfg = train_config(args, max_train=args.tune_max_train, epochs=args.tune_epochs)
+        tprep, trainer = Prepared(tcfg), train.train_one
     # TPE samples its first n_startup_trials at random (optuna's default: 10), so
     # with the few trials a CPU budget allows the default would be a pure random
     # search; half of them random, the rest guided by TPE.
@@ -875,8 +1078,8 @@ def tune_lambda(args, tuning, tune_p, budget_s, t0, last) -> dict:
         trial = study.ask()
         lam = trial.suggest_float("lam", 0.0, 1.0)
         ts = time.perf_counter()
-        rec = train.train_one(tcfg, "mom", 0, tprep, lam=lam, record_name="mom-trial",
-                           eval_test=False)
+        rec = trainer(tcfg, "mom", 0, tprep, lam=lam, record_name="mom-trial",
+                      eval_test=False)
         last["trial"] = time.perf_counter() - ts
         f1 = rec["dev"]["entity_f1"]
         study.tell(trial, f1)
@@ -889,6 +1092,8 @@ def tune_lambda(args, tuning, tune_p, budget_s, t0, last) -> dict:
         tuning = {"trials": trials, "best_lam": best["lam"], "n_train": len(tprep.train),
                   "epochs": args.tune_epochs, "metric": "dev entity F1",
                   "mom_norm": args.mom_norm, "n_startup_trials": startup}
+        if mrc:
+            tuning.update(task="mrc", n_train_sentences=len(tprep.train_sents))
         tune_p.write_text(json.dumps(tuning, indent=1))
     return tuning
 

@@ -17,6 +17,8 @@ main; beside it:
   model.py    --model: minilm, tiny or a local folder, and its tokenizer
   losses.py   --losses and --mom-norm: the loss functions, also under torchrun
   report.py   metrics, records, summary tables and plots (the outputs)
+  train_mrc.py  the paper's MRC framework on top of this loop ((query, sentence)
+              pairs with binary labels, decoded back to BIO)
 
 README.md beside this file has the results and the commands that made them.
 
@@ -40,7 +42,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from data import DEFAULT_DATA, Prepared, bucketed_batches, collate, dist_info, warn
+from data import DEFAULT_DATA, Prepared, bucketed_batches, collate_inputs, dist_info, warn
 from losses import ALL_LOSSES, MOM_NORMS, make_loss_fn
 from model import build_model
 from report import (NERModelWarning, evaluate, load_records, majority_warning, norm_desc,
@@ -131,11 +133,27 @@ def init_distributed(cfg):
 # ------------------------------------------------------------------ training
 
 
+def evaluate_items(prep, model, items, device) -> dict:
+    """Scores (report.scores) of ``model`` on ``items`` (prep.dev or prep.test):
+    ``prep.evaluate(model, items, device)`` when the data set defines one
+    (train_mrc.py's pairs, decoded back to BIO sentences), else the
+    sequence labeller's report.evaluate."""
+    own = getattr(prep, "evaluate", None)
+    if own is not None:
+        return own(model, items, device)
+    return evaluate(model, items, prep.labels, prep.pad_id, device)
+
+
 def train_one(cfg, loss_name: str, seed: int, prepared: Optional[Prepared] = None, *,
               lam: Optional[float] = None, record_name: Optional[str] = None,
               eval_test: bool = True, epochs: Optional[int] = None) -> dict:
     """Train one model with ``loss_name`` and ``seed``; return the result record
-    (only meaningful on rank 0 under torchrun; other ranks return {})."""
+    (only meaningful on rank 0 under torchrun; other ranks return {}).
+
+    ``prepared``: a data.Prepared, or any object with its fields (train/dev/
+    test items, labels, o_index, pad_id, tokenizer, weights, ...), such as
+    train_mrc.PreparedMRC; batches go through data.collate_inputs (with
+    token_type_ids when the items have them), scores through evaluate_items."""
     from transformers import get_linear_schedule_with_warmup
     from tqdm.auto import tqdm
 
@@ -162,7 +180,9 @@ def train_one(cfg, loss_name: str, seed: int, prepared: Optional[Prepared] = Non
         weight = weight.to(device)
     loss_fn = make_loss_fn(loss_name, o_index=prep.o_index, lam=lam, gamma=cfg.gamma,
                            backend=cfg.backend, weight=weight, distributed=distributed,
-                           mom_norm=cfg.mom_norm, max_length=cfg.max_length)
+                           mom_norm=cfg.mom_norm, max_length=cfg.max_length,
+                           dice_alpha=getattr(cfg, "dice_alpha", 1.0),
+                           dice_smooth=getattr(cfg, "dice_delta", 0.01))
 
     lengths = [len(d["input_ids"]) for d in prep.train]
     rng = random.Random(seed)
@@ -199,10 +219,11 @@ def train_one(cfg, loss_name: str, seed: int, prepared: Optional[Prepared] = Non
                    disable=not show, leave=False, mininterval=1.0, dynamic_ncols=True)
         t0 = time.perf_counter()
         for b, global_sentences in bar:
-            ids, mask, lab = collate([prep.train[i] for i in b], prep.pad_id)
-            ids, mask, lab = ids.to(device), mask.to(device), lab.to(device)
-            train_tokens += int(mask.sum())
-            logits = model(input_ids=ids, attention_mask=mask).logits
+            inputs, lab = collate_inputs([prep.train[i] for i in b], prep.pad_id)
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            lab = lab.to(device)
+            train_tokens += int(inputs["attention_mask"].sum())
+            logits = model(**inputs).logits
             tl = time.perf_counter()
             loss = loss_fn(logits, lab, sentences=global_sentences)
             loss_seconds += time.perf_counter() - tl
@@ -232,7 +253,7 @@ def train_one(cfg, loss_name: str, seed: int, prepared: Optional[Prepared] = Non
             torch.cuda.synchronize()
         train_seconds += time.perf_counter() - t0
         if rank == 0 and cfg.eval_every_epoch or (rank == 0 and ep == epochs - 1):
-            dev = evaluate(core, prep.dev, prep.labels, prep.pad_id, device)
+            dev = evaluate_items(prep, core, prep.dev, device)
             dev_history.append({"epoch": ep + 1, "entity_f1": dev["entity_f1"],
                                 "token_macro_f1": dev["token_macro_f1"]})
         if distributed:
@@ -247,7 +268,7 @@ def train_one(cfg, loss_name: str, seed: int, prepared: Optional[Prepared] = Non
         if distributed:
             torch.distributed.barrier()
         return {}
-    test = evaluate(core, prep.test, prep.labels, prep.pad_id, device) if eval_test else None
+    test = evaluate_items(prep, core, prep.test, device) if eval_test else None
     if distributed:
         torch.distributed.barrier()
     run_warnings = []
