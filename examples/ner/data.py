@@ -356,12 +356,14 @@ def bucketed_batches(lengths, batch_size: int, rng: random.Random, chunk_factor:
 # ------------------------------------------------------------------ one data set
 
 
-class Prepared:
-    """Data, labels, tokenizer and encodings shared by the runs of one config;
-    ``checks`` ({split: counts}) and ``warnings`` (strings, also emitted once as
-    NERDataWarning) from :func:`data_checks`."""
+class Sentences:
+    """The sentences of one config: ``splits`` (paths), ``train_sents`` (the
+    training subset: --max-train / --train-fraction, --subset-seed),
+    ``n_train_full``, ``subset_digest`` (names the subset in the records, so runs
+    on the same sentences share it), ``dev_sents`` / ``test_sents`` (--max-eval).
+    Shared by sequence labelling (Prepared) and MRC (train_mrc.PreparedMRC)."""
 
-    def __init__(self, cfg):
+    def read_sentences(self, cfg) -> list:
         splits = find_splits(cfg.data)
         self.splits = splits
         train = read_conll(splits["train"])
@@ -370,7 +372,6 @@ class Prepared:
         self.train_fraction = getattr(cfg, "train_fraction", 0.0)
         train = train_subset(train, cfg.max_train, self.train_fraction, self.subset_seed)
         self.train_sents = train
-        # names the subset in the records (runs on the same sentences share it)
         self.subset_digest = hashlib.sha1(
             "\n".join(" ".join(t) for t, _ in train).encode()).hexdigest()[:12]
         self.dev_sents = read_conll(splits["dev"])
@@ -378,6 +379,16 @@ class Prepared:
         if cfg.max_eval:
             self.dev_sents = self.dev_sents[:cfg.max_eval]
             self.test_sents = self.test_sents[:cfg.max_eval]
+        return train
+
+
+class Prepared(Sentences):
+    """Data, labels, tokenizer and encodings shared by the runs of one config;
+    ``checks`` ({split: counts}) and ``warnings`` (strings, also emitted once as
+    NERDataWarning) from :func:`data_checks`."""
+
+    def __init__(self, cfg):
+        train = self.read_sentences(cfg)
         # labels from all splits so that a tag missing from a small train subset still exists
         self.labels = label_list(train + self.dev_sents + self.test_sents)
         self.label2id = {l: i for i, l in enumerate(self.labels)}

@@ -312,17 +312,39 @@ def train_one(cfg, loss_name: str, seed: int, prepared: Optional[Prepared] = Non
     return rec
 
 
+def resumed_records(cfg, out: Path, ws: int, rank: int) -> list:
+    """The records already in ``out`` under --resume (rank 0 reads them; every
+    rank must agree on which runs are left to do)."""
+    records = load_records(out) if (cfg.resume and rank == 0) else []
+    if ws > 1:
+        obj = [records]
+        torch.distributed.broadcast_object_list(obj, src=0)
+        records = obj[0]
+    return records
+
+
+def run_grid(cfg, prep, train_fn, records: list, out: Path, rank: int, speed) -> None:
+    """Every (seed, loss) of the config not yet in ``records``: train with
+    ``train_fn``, append the record and rewrite the outputs after each run (rank 0);
+    ``speed(rec)`` is the throughput text of the run's line."""
+    done = {(r["loss"], r["seed"]) for r in records}
+    for seed in cfg.seed_list:
+        for loss in cfg.loss_list:
+            if (loss, seed) in done:
+                continue
+            rec = train_fn(cfg, loss, seed, prep)
+            if rank == 0:
+                records.append(rec)
+                write_outputs(records, out)
+                print(run_line(rec) + "; " + speed(rec), flush=True)
+
+
 def main(argv=None) -> list:
     cfg = finalize_config(parser().parse_args(argv))
     ws, rank = init_distributed(cfg)
     out = Path(cfg.out)
     t_start = time.perf_counter()
-    records = load_records(out) if (cfg.resume and rank == 0) else []
-    if ws > 1:  # all ranks must agree on which runs to do
-        obj = [records]
-        torch.distributed.broadcast_object_list(obj, src=0)
-        records = obj[0]
-    done = {(r["loss"], r["seed"]) for r in records}
+    records = resumed_records(cfg, out, ws, rank)
     prep = Prepared(cfg)
     if rank == 0:
         print(f"data {cfg.data}: train {len(prep.train)} (of {prep.n_train_full}) / dev "
@@ -330,15 +352,8 @@ def main(argv=None) -> list:
               f"model {cfg.model}; losses {','.join(cfg.loss_list)}; seeds {cfg.seed_list}; "
               f"{cfg.epochs} epochs; world size {ws}; device {cfg.device}, "
               f"{torch.get_num_threads()} threads", flush=True)
-    for seed in cfg.seed_list:
-        for loss in cfg.loss_list:
-            if (loss, seed) in done:
-                continue
-            rec = train_one(cfg, loss, seed, prep)
-            if rank == 0:
-                records.append(rec)
-                write_outputs(records, out)
-                print(run_line(rec) + f"; {rec['tokens_per_s']:,.0f} tokens/s", flush=True)
+    run_grid(cfg, prep, train_one, records, out, rank,
+             speed=lambda rec: f"{rec['tokens_per_s']:,.0f} tokens/s")
     if rank == 0:
         header = (f"{cfg.model} on {cfg.data} ({len(prep.train)} train sentences, {cfg.epochs} "
                   f"epochs, seeds {cfg.seed_list}, world size {ws}); MoM: λ = {cfg.lam}, "

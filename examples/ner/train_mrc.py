@@ -50,7 +50,6 @@ train.py's train_one.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -63,10 +62,10 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import train  # noqa: E402
-from data import (NERDataWarning, class_weights, collate_inputs, data_checks,  # noqa: E402
-                  find_splits, label_list, read_conll, train_subset, warn)
+from data import (NERDataWarning, Sentences, class_weights, collate_inputs,  # noqa: E402
+                  data_checks, find_splits, label_list, read_conll, warn)
 from model import build_tokenizer  # noqa: E402
-from report import load_records, norm_desc, run_line, scores, write_outputs  # noqa: E402
+from report import norm_desc, scores, write_outputs  # noqa: E402
 
 MRC_LABELS = ["O", "ENT"]  # 0 = not an entity of the query's type (the majority), 1 = part of one
 PAPER_MRC_LAM = 0.446       # the paper's lambda for BERT-MRC
@@ -269,7 +268,7 @@ def mrc_checks(tokenizer, sents, items, split: str, max_length: int) -> tuple[di
 # ------------------------------------------------------------------ one data set
 
 
-class PreparedMRC:
+class PreparedMRC(Sentences):
     """The (query, sentence) pairs of one config, with the fields train.train_one
     reads (train/dev/test items, labels, o_index, pad_id, tokenizer, weights,
     checks, warnings, subset fields) and ``evaluate`` (decoded BIO scores).
@@ -277,21 +276,8 @@ class PreparedMRC:
     labels, over which the decoded predictions are scored."""
 
     def __init__(self, cfg):
-        splits = find_splits(cfg.data)
-        self.splits = splits
-        train = read_conll(splits["train"])
-        self.n_train_full = len(train)
-        self.subset_seed = getattr(cfg, "subset_seed", 1234)
-        self.train_fraction = getattr(cfg, "train_fraction", 0.0)
-        train = train_subset(train, cfg.max_train, self.train_fraction, self.subset_seed)
-        self.train_sents = train
-        self.subset_digest = hashlib.sha1(
-            "\n".join(" ".join(t) for t, _ in train).encode()).hexdigest()[:12]
-        self.dev_sents = read_conll(splits["dev"])
-        self.test_sents = read_conll(splits["test"])
-        if cfg.max_eval:
-            self.dev_sents = self.dev_sents[:cfg.max_eval]
-            self.test_sents = self.test_sents[:cfg.max_eval]
+        train = self.read_sentences(cfg)
+        splits = self.splits
         max_dev = getattr(cfg, "max_dev", None)
         if max_dev:  # the dev score costs a pass over 4 pairs per sentence: a smaller dev
             self.dev_sents = read_conll(splits["dev"])[:max_dev]
@@ -455,12 +441,7 @@ def main(argv=None) -> list:
     ws, rank = train.init_distributed(cfg)
     out = Path(cfg.out)
     t_start = time.perf_counter()
-    records = load_records(out) if (cfg.resume and rank == 0) else []
-    if ws > 1:
-        obj = [records]
-        torch.distributed.broadcast_object_list(obj, src=0)
-        records = obj[0]
-    done = {(r["loss"], r["seed"]) for r in records}
+    records = train.resumed_records(cfg, out, ws, rank)
     prep = PreparedMRC(cfg)
     if rank == 0:
         print(f"MRC on {cfg.data}: train {len(prep.train_sents)} (of {prep.n_train_full}) / dev "
@@ -469,15 +450,8 @@ def main(argv=None) -> list:
               f"{len(prep.dev)} / {len(prep.test)} pairs; model {cfg.model}; losses "
               f"{','.join(cfg.loss_list)}; seeds {cfg.seed_list}; {cfg.epochs} epochs; device "
               f"{cfg.device}, {torch.get_num_threads()} threads", flush=True)
-    for seed in cfg.seed_list:
-        for loss in cfg.loss_list:
-            if (loss, seed) in done:
-                continue
-            rec = train_one(cfg, loss, seed, prep)
-            if rank == 0:
-                records.append(rec)
-                write_outputs(records, out)
-                print(run_line(rec) + f"; {rec['pairs_per_s'] or 0:,.1f} pairs/s", flush=True)
+    train.run_grid(cfg, prep, train_one, records, out, rank,
+                   speed=lambda rec: f"{rec['pairs_per_s'] or 0:,.1f} pairs/s")
     if rank == 0:
         header = (f"MRC: {cfg.model} on {cfg.data} ({len(prep.train_sents)} train sentences = "
                   f"{len(prep.train)} pairs, {cfg.epochs} epochs, seeds {cfg.seed_list}); MoM: "
