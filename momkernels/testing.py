@@ -188,6 +188,17 @@ def grad_tol(dtype: torch.dtype, scale: float) -> tuple[float, float]:
     return eps_of(dtype), 1e-5 * scale + under
 
 
+def backend_factor(backend: str, dtype: torch.dtype) -> float:
+    """How much wider than the kernels' tolerances a backend's are: 10 for the
+    "torch" backend on float32 logits, 1 otherwise.  That backend is reference.py
+    run in the logits' dtype, i.e. ATen's float32 log_softmax, whose sums over
+    tens of thousands of classes are off by more than the ~100 ulps the kernels
+    meet (2.6e-5 relative on one gradient entry at C = 32000); it is PyTorch's
+    numerics, not a kernel under test.  (The CUDA tests applied the same factor
+    before the grids were shared by every device.)"""
+    return 10.0 if backend == "torch" and dtype == torch.float32 else 1.0
+
+
 def coefficient_scale(t: Tensor, *, lam: float = 0.5, o_index: int = 0,
                       ignore_index: int = -100, weight: Optional[Tensor] = None,
                       reduction: str = "mean", mom_norm="valid",

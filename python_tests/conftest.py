@@ -16,12 +16,20 @@
   also takes a ``backend`` parameter (helpers.backend_params) is skipped where
   that backend cannot run on that device (``_backend_runs_on_device``), so
   one parametrisation covers both devices' backends.
+* torch.compile's on-disk cache is a fresh folder per session (unless the user
+  sets TORCHINDUCTOR_CACHE_DIR): inductor's FX-graph cache key does not cover a
+  custom op's fake (meta) outputs, so code compiled against another build of
+  momkernels (e.g. the Triton op's coef of shape (3,) before it became (2,)) was
+  reused and failed its own shape assertions.
 """
 
 import os
+import tempfile
 import time
 
-import torch
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="momk-inductor-"))
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

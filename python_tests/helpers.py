@@ -22,6 +22,7 @@ import momkernels
 from momkernels.testing import (  # noqa: F401 -- re-exported for the tests
     assert_bitwise_equal,
     assert_close,
+    backend_factor,
     coefficient_scale,
     eps_of,
     grad_tol,
@@ -210,11 +211,12 @@ def check_against_oracle(x, t, *, upstream=None, backend, name="", **kw):
     ref_out, ref_grad = oracle(x, t, upstream, **dict(kw))
     assert out.dtype == x.dtype, f"loss dtype {out.dtype} != input dtype {x.dtype}"
     assert grad.dtype == x.dtype and grad.shape == x.shape, (grad.dtype, grad.shape)
+    k = backend_factor(backend, x.dtype)
     rtol, atol = value_tol(x.dtype)
-    assert_close(out, ref_out, rtol=rtol, atol=atol, name=f"{name} loss")
+    assert_close(out, ref_out, rtol=rtol * k, atol=atol * k, name=f"{name} loss")
     finite = ref_grad[ref_grad.isfinite()]
     scale = float(finite.abs().max()) if finite.numel() else 1.0
     grtol, gatol = grad_tol(x.dtype, scale)
     gatol += oracle_floor(x.dtype, coefficient_scale(t, upstream=upstream, **kw))
-    assert_close(grad, ref_grad, rtol=grtol, atol=gatol, name=f"{name} grad")
+    assert_close(grad, ref_grad, rtol=grtol * k, atol=gatol * k, name=f"{name} grad")
     return out, grad
