@@ -957,7 +957,8 @@ def main(argv=None):
         k["rate"] = rec["train_seconds"] / max(len(p.train) * c.epochs, 1)
         k["overhead"] = max(took - rec["train_seconds"], 0.0)
         rec.update(part=part, setting=setting_of(part, epochs=epochs, frac_tok=frac_tok),
-                   base_loss=base, fraction_label=frac_tok)
+                   base_loss=base, fraction_label=frac_tok,
+                   data=Path(str(rec["data"])).name)  # the folder's name: no local path
         records.append(rec)
         save()
         print(f"{report.run_line(rec)} (elapsed {(time.perf_counter() - t0) / 60:.1f} min)",
