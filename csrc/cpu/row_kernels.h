@@ -5,26 +5,17 @@
 // mom_loss.h's row_value / row_grad.  Part of kernel_impl.h.
 #pragma once
 
-#ifndef CPU_CAPABILITY
-#error "include csrc/cpu/kernel_impl.h, which is compiled once per CPU_CAPABILITY"
-#endif
-
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
+#include "isa_prelude.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
 
-#include "../mom_loss.h"
-#include "kernel.h"
 #include "vec_math.h"
 
 namespace momkernels::cpu {
 namespace CPU_CAPABILITY {
-
-using at::vec::Vectorized;
 
 // ---------------------------------------------------------------- loading
 
@@ -52,7 +43,6 @@ template <typename acc_t, typename scalar_t>
 inline void store_span(const acc_t* src, scalar_t* dst, int64_t n) {
   at::vec::convert(src, dst, n);
 }
-
 
 // Per-block sums of the row path.
 struct BlockSums {

@@ -4,22 +4,12 @@
 // AVX-512 compare masks).  Part of kernel_impl.h (compiled once per ISA).
 #pragma once
 
-#ifndef CPU_CAPABILITY
-#error "include csrc/cpu/kernel_impl.h, which is compiled once per CPU_CAPABILITY"
-#endif
-
-#include <ATen/cpu/vec/vec.h>
+#include "isa_prelude.h"
 
 #include <cstdint>
 
-#include "../mom_loss.h"
-#include "kernel.h"
-
 namespace momkernels::cpu {
 namespace CPU_CAPABILITY {
-
-using at::vec::Vectorized;
-
 
 // Per-lane facts of a group of rows, gathered with integer logic and no
 // data-dependent branches; padding lanes (beyond the block) are invalid.

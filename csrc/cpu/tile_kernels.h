@@ -5,12 +5,8 @@
 // (the fused gradient of grad_plan.h).  Part of kernel_impl.h.
 #pragma once
 
-#ifndef CPU_CAPABILITY
-#error "include csrc/cpu/kernel_impl.h, which is compiled once per CPU_CAPABILITY"
-#endif
+#include "isa_prelude.h"
 
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -19,15 +15,11 @@
 #include <tuple>
 #include <type_traits>
 
-#include "../mom_loss.h"
-#include "kernel.h"
 #include "targets.h"
 #include "vec_math.h"
 
 namespace momkernels::cpu {
 namespace CPU_CAPABILITY {
-
-using at::vec::Vectorized;
 
 // Tile path: rows in vector lanes.  A group of V = Vec::size() rows is
 // transposed into cols[j * V + l] = x[row l][class j], so every pass over the C

@@ -4,23 +4,14 @@
 // a vector of rows.  Part of kernel_impl.h (compiled once per ISA).
 #pragma once
 
-#ifndef CPU_CAPABILITY
-#error "include csrc/cpu/kernel_impl.h, which is compiled once per CPU_CAPABILITY"
-#endif
-
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
+#include "isa_prelude.h"
 
 #include <cfloat>
 #include <cmath>
 #include <type_traits>
 
-#include "../mom_loss.h"
-
 namespace momkernels::cpu {
 namespace CPU_CAPABILITY {
-
-using at::vec::Vectorized;
 
 template <typename scalar_t>
 using acc_t_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
