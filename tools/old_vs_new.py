@@ -1,7 +1,7 @@
 """Two builds of momkernels side by side: old (a checkout of main) against new
 (this branch), in alternating subprocesses, and old against itself for the noise.
 
-    python tools/old_vs_new.py --old /work/wt_base --new /work/wtA [--rounds 3] [--out FILE]
+    python tools/old_vs_new.py --old OLD_CHECKOUT --new NEW_CHECKOUT [--rounds 3] [--cases 256x32000,...] [--out FILE]
 
 Each checkout must hold its in-place build (``setup.py build_ext --inplace``);
 a worker subprocess runs with ``PYTHONPATH=<checkout>`` and checks that it
@@ -47,7 +47,7 @@ FUNCS = ["mom", "ce"]
 MODES = ["fwd", "fwd+bwd"]
 
 
-def worker(threads: int, min_time: float) -> None:
+def worker(threads: int, min_time: float, cases: list) -> None:
     import resource
 
     import torch
@@ -57,6 +57,8 @@ def worker(threads: int, min_time: float) -> None:
     torch.set_num_threads(threads)
     out = {"momkernels": momkernels.__file__, "times": {}}
     for name, N, C, dt in CASES:
+        if cases and name not in cases:
+            continue
         g = torch.Generator().manual_seed(0)
         dtype = getattr(torch, dt)
         x0 = (torch.randn(N, C, generator=g) * 2).to(dtype)
@@ -96,10 +98,10 @@ def worker(threads: int, min_time: float) -> None:
     print(json.dumps(out))
 
 
-def run_worker(checkout: str, threads: int, min_time: float) -> dict:
+def run_worker(checkout: str, threads: int, min_time: float, cases: list) -> dict:
     env = dict(os.environ, PYTHONPATH=checkout)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--threads", str(threads),
-           "--min-time", str(min_time)]
+           "--min-time", str(min_time), "--cases", ",".join(cases)]
     res = subprocess.run(cmd, env=env, cwd=checkout, capture_output=True, text=True, check=True)
     data = json.loads(res.stdout.strip().splitlines()[-1])
     want = os.path.join(os.path.realpath(checkout), "momkernels")
@@ -116,11 +118,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--min-time", type=float, default=0.3)
+    ap.add_argument("--cases", default="",
+                    help="comma-separated case names (e.g. 256x32000,8192x1024); default: all")
     ap.add_argument("--out", help="also write the markdown table here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    cases = [c for c in a.cases.split(",") if c]
+    unknown = set(cases) - {c[0] for c in CASES}
+    if unknown:
+        ap.error(f"--cases: unknown case(s) {sorted(unknown)}; known: {[c[0] for c in CASES]}")
     if a.worker:
-        worker(a.threads, a.min_time)
+        worker(a.threads, a.min_time, cases)
         return
     labels = {"old": a.old, "new": a.new, "old2": a.old}
     order = ["old", "new", "old2"]
@@ -129,7 +137,7 @@ def main() -> None:
         rot = order[r % 3:] + order[:r % 3]
         for lab in rot:
             print(f"round {r + 1}/{a.rounds}: {lab}", file=sys.stderr, flush=True)
-            results[lab].append(run_worker(labels[lab], a.threads, a.min_time))
+            results[lab].append(run_worker(labels[lab], a.threads, a.min_time, cases))
     keys = list(results["old"][0]["times"])
     med = {lab: {k: statistics.median(d["times"][k] for d in results[lab]) for k in keys}
            for lab in labels}
