@@ -106,7 +106,9 @@ if ! (cd "$SRC" && FORCE_CUDA=0 CXX="$CXX" CFLAGS="$SAN_FLAGS" CXXFLAGS="$SAN_FL
   exit 1
 fi
 SO=$(ls "$SRC"/momkernels/_C*.so)
-if ! nm -D --undefined-only "$SO" | grep -q __asan_report_load; then
+# (grep without -q: it reads all of nm's output; with -q it may exit first, nm then
+# dies of SIGPIPE and under pipefail the pipeline fails although the symbol is there)
+if ! nm -D --undefined-only "$SO" | grep __asan_report_load > /dev/null; then
   echo "sanitize: FAILED: $SO is not instrumented (no __asan_report_* imports); were the flags dropped?"
   exit 1
 fi
