@@ -240,3 +240,22 @@ def test_collate_inputs_token_type_ids_only_for_pairs():
     pairs = [{**seq[0], "token_type_ids": [0, 1, 1]}, {**seq[1], "token_type_ids": [0, 0]}]
     inputs, _ = data.collate_inputs(pairs, 0)
     assert inputs["token_type_ids"].tolist() == [[0, 1, 1], [0, 0, 0]]
+
+
+def test_loss_share_tiny(capsys):
+    """examples/ner/loss_share.py on the tiny model: one batch per framework,
+    with the frameworks' class counts and lambdas, and a loss that is a
+    positive part of the step for both backends."""
+    share = _example("loss_share")
+    rows = share.main(["--model", "tiny", "--batches", "1", "--max-train", "64",
+                       "--threads", "1"])
+    got = {name: (lam, m) for name, lam, m in rows}
+    assert set(got) == {"sequence labelling", "MRC"}
+    assert got["MRC"][0] == pytest.approx(0.446) and got["MRC"][1]["C"] == 2
+    assert got["sequence labelling"][0] == pytest.approx(0.175)
+    assert got["sequence labelling"][1]["C"] > 2
+    for _, m in got.values():
+        for backend in ("cpp", "torch"):
+            assert 0 < m[f"loss {backend}"] < m[f"step {backend}"]
+    out = capsys.readouterr().out
+    assert "| MRC | 2 | 0.446 |" in out
