@@ -1,6 +1,7 @@
 """Shared pieces of the momkernels test suite: backends under test, input
 builders (logits in several memory layouts, NER-like targets) and the
-comparison with the float64 oracle.
+comparison with the float64 oracle; and the NER example's modules
+(``ner_example``) for the example tests.
 
 The tolerances and the comparison itself (``value_tol``, ``grad_tol``,
 ``oracle_floor``, ``coefficient_scale``, ``assert_close``, ``oracle``) are
@@ -11,8 +12,11 @@ value.  They are re-exported here so that tests import them from one place.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
+import sys
+from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -220,3 +224,19 @@ def check_against_oracle(x, t, *, upstream=None, backend, name="", **kw):
     gatol += oracle_floor(x.dtype, coefficient_scale(t, upstream=upstream, **kw))
     assert_close(grad, ref_grad, rtol=grtol * k, atol=gatol * k, name=f"{name} grad")
     return out, grad
+
+
+# ---------------------------------------------------------------- the NER example
+
+NER_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ner"
+WNUT17 = NER_EXAMPLE / "data" / "wnut17"
+
+
+def ner_example(name: str):
+    """The example's module ``name`` (examples/ner/<name>.py), imported as the
+    example's files import each other: by name, from their folder."""
+    if str(NER_EXAMPLE) not in sys.path:
+        sys.path.insert(0, str(NER_EXAMPLE))
+    mod = importlib.import_module(name)
+    assert Path(mod.__file__).resolve().parent == NER_EXAMPLE, mod.__file__  # not another "data"
+    return mod

@@ -4,10 +4,7 @@ and its decoding, the label alignment of the pair encoding, the loss through
 the example against momkernels, one end-to-end run with the tiny model, and
 reproduce_paper.py's MRC part."""
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,17 +13,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("seqeval")
 pytest.importorskip("tokenizers")
 
-ROOT = Path(__file__).resolve().parents[1]
-NER = ROOT / "examples" / "ner"
-WNUT17 = NER / "data" / "wnut17"
-
-
-def _example(name):
-    if str(NER) not in sys.path:
-        sys.path.insert(0, str(NER))
-    mod = importlib.import_module(name)
-    assert Path(mod.__file__).resolve().parent == NER, mod.__file__
-    return mod
+from helpers import WNUT17
+from helpers import ner_example as _example
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,11 @@ weights, losses, metrics, data and model warnings, end-to-end runs with the
 tiny model on the bundled WNUT-17 (a few dozen sentences), in one process and
 under two (DDP), and reproduce_paper.py's runs and page."""
 
-import importlib
 import importlib.util
 import json
 import math
 import os
 import socket
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,19 +16,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("seqeval")
 pytest.importorskip("tokenizers")
 
-ROOT = Path(__file__).resolve().parents[1]
-NER = ROOT / "examples" / "ner"
-WNUT17 = NER / "data" / "wnut17"
-
-
-def _example(name):
-    """The example's module ``name`` (examples/ner/<name>.py), imported as the
-    example's files import each other: by name, from their folder."""
-    if str(NER) not in sys.path:
-        sys.path.insert(0, str(NER))
-    mod = importlib.import_module(name)
-    assert Path(mod.__file__).resolve().parent == NER, mod.__file__  # not another "data"
-    return mod
+from helpers import WNUT17
+from helpers import ner_example as _example
 
 
 @pytest.fixture(scope="module")
