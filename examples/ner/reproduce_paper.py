@@ -197,6 +197,17 @@ def split_list(s: str) -> list:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
+def parsed_config(parser, argv: list, args, over: dict):
+    """``parser``'s namespace for ``argv`` (plus --quiet if ``args.quiet``),
+    finalised as train.py does, with the attributes ``over`` set on it."""
+    if args.quiet:
+        argv = argv + ["--quiet"]
+    cfg = train.finalize_config(parser.parse_args(argv))
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
 def train_config(args, **over):
     """An argparse namespace for train.train_one."""
     argv = ["--data", args.data, "--model", args.model, "--epochs", str(args.epochs),
@@ -208,12 +219,7 @@ def train_config(args, **over):
             "--backend", args.backend, "--lam", str(PAPER_LAM),
             "--seeds", args.seeds, "--losses", "ce", "--out", args.out,
             "--threads", str(args.threads)]
-    if args.quiet:
-        argv.append("--quiet")
-    cfg = train.finalize_config(train.parser().parse_args(argv))
-    for k, v in over.items():
-        setattr(cfg, k, v)
-    return cfg
+    return parsed_config(train.parser(), argv, args, over)
 
 
 def mrc_config(args, **over):
@@ -229,12 +235,7 @@ def mrc_config(args, **over):
             "--mom-norm", args.mom_norm, "--max-grad-norm", str(args.max_grad_norm),
             "--backend", args.backend, "--lam", str(args.mrc_lam), "--seeds", args.seeds,
             "--losses", "ce", "--out", args.out, "--threads", str(args.threads)]
-    if args.quiet:
-        argv.append("--quiet")
-    cfg = train.finalize_config(train_mrc.parser().parse_args(argv))
-    for k, v in over.items():
-        setattr(cfg, k, v)
-    return cfg
+    return parsed_config(train_mrc.parser(), argv, args, over)
 
 
 # ------------------------------------------------------------------ run names and labels
