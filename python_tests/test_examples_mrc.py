@@ -215,6 +215,20 @@ def test_reproduce_paper_mrc_part_tiny(rp, tmp_path):
     # the sequence-labelling table does not mix in the MRC runs
     t3 = page.split("## Table 3")[1].split("## Table 5")[0]
     assert "| CE | 2 |" in t3 and "γ = 3" not in t3 and "0.446" not in t3
+    # a further seed trained in a folder of its own is merged in (--merge)
+    other = tmp_path / "other"
+    mrc_args = ["--parts", "mrc", "--mrc-losses", "ce", "--mrc-max-train", "8",
+                "--mrc-max-dev", "4"]
+    rp.main([a if a != str(out) else str(other) for a in common] + mrc_args + ["--seeds", "2"])
+    merged = rp.main(["--out", str(out), "--doc", str(doc), "--merge", str(other)])
+    assert len(merged) == len(recs) + 1 and ("mrc-ce", 2) in {(r["loss"], r["seed"]) for r in merged}
+    assert json.loads((out / "meta.json").read_text())["mrc"]["seeds"] == [0, 1, 2]
+    assert "| CE | 3 |" in doc.read_text().split("## MRC")[1]
+    # ... but not one of other MRC settings
+    rp.main([a if a != str(out) else str(other) for a in common] + mrc_args
+            + ["--seeds", "3", "--mrc-lam", "0.3", "--resume"])
+    with pytest.raises(SystemExit, match="part-mrc settings differ"):
+        rp.main(["--out", str(out), "--doc", str(doc), "--merge", str(other)])
 
 
 def test_collate_inputs_token_type_ids_only_for_pairs():

@@ -641,6 +641,41 @@ def test_reproduce_paper_parts_end_to_end(rp, tmp_path):
     assert (tmp_path / "paper_figure2.png").stat().st_size > 0
 
 
+def test_reproduce_paper_merge_folds_in_a_parallel_folder(rp, tmp_path):
+    """Two processes must not write one --out; --merge folds the runs of a
+    second folder into the first (records, commands, parts, seeds) and writes
+    the page, keeps runs already there, and refuses a folder of another scale."""
+    doc = tmp_path / "paper.md"
+    common = ["--data", str(WNUT17), "--model", "tiny", "--epochs", "1", "--max-train", "24",
+              "--max-eval", "12", "--batch-size", "12", "--threads", "1", "--doc", str(doc),
+              "--quiet"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    rp.main(common + ["--out", str(a), "--losses", "ce", "--seeds", "0"])
+    rp.main(common + ["--out", str(b), "--parts", "lowres", "--lowres-losses", "ce",
+                      "--fractions", "1/2", "--seeds", "0,1"])
+    merged = rp.main(["--out", str(a), "--doc", str(doc), "--merge", str(b)])
+    assert sorted((r["loss"], r["seed"]) for r in merged) == [
+        ("ce", 0), ("ce@frac-1/2", 0), ("ce@frac-1/2", 1)]
+    assert merged == json.loads((a / "results.json").read_text())
+    meta = json.loads((a / "meta.json").read_text())
+    assert meta["parts"] == ["main", "lowres"] and meta["seeds"] == [0, 1]
+    assert any("--parts lowres" in c for c in meta["commands"])
+    assert meta["commands"][-1] == f"python examples/ner/reproduce_paper.py --merge {b} --out {a}"
+    assert "| 1/2 | 12 | CE | 2 |" in doc.read_text()
+    # again: nothing new, and the folder's runs are not duplicated
+    assert len(rp.main(["--out", str(a), "--doc", str(doc), "--merge", str(b)])) == 3
+    # a folder trained at another learning rate cannot share the page
+    c = tmp_path / "c"
+    c.mkdir()
+    (c / "results.json").write_text((b / "results.json").read_text())
+    mc = json.loads((b / "meta.json").read_text())
+    (c / "meta.json").write_text(json.dumps({**mc, "lr": 3e-4}))
+    with pytest.raises(SystemExit, match="--merge .*lr 0.0003 vs 0.0001"):
+        rp.main(["--out", str(a), "--doc", str(doc), "--merge", str(c)])
+    with pytest.raises(SystemExit, match="--merge .*no runs there"):
+        rp.main(["--out", str(a), "--doc", str(doc), "--merge", str(tmp_path / "none")])
+
+
 def test_reproduce_paper_refuses_to_mix_normalisations_under_one_name(rp, tmp_path):
     """A folder whose "mom" runs used mom_norm="valid" (before the paper
     normalisation was the default) cannot get paper-normalised "mom" runs."""

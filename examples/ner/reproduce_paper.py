@@ -10,6 +10,7 @@ training data), plus a gradient-clipping control.
     python examples/ner/reproduce_paper.py --budget-minutes 85           # part "main"
     python examples/ner/reproduce_paper.py --parts clip,long,lowres --resume --budget-minutes 120
     python examples/ner/reproduce_paper.py --table-only                  # the page from the records
+    python examples/ner/reproduce_paper.py --merge runs/other --out runs/paper  # runs of a parallel process
 
 Parts (``--parts``, comma list or ``all``; every run is appended to
 ``--out``/results.json at once, ``--resume`` skips runs already there, and
@@ -72,7 +73,10 @@ P/R/F1 over all BIO classes incl. O (word level, the paper's metric), seqeval
 entity P/R/F1, per-entity-type P/R/F1, word and sentence accuracy; paired
 t-tests (scipy.stats.ttest_rel, paired by seed) against CE of the same setting
 (same part, fraction and schedule).  ``--table-only`` writes every view from
-whatever records exist and lists the parts that are missing.
+whatever records exist and lists the parts that are missing.  Two processes
+must not write one ``--out`` (each keeps the records in memory and rewrites the
+files): give a parallel process its own ``--out`` and fold it in afterwards with
+``--merge DIR``.
 """
 
 from __future__ import annotations
@@ -176,6 +180,11 @@ def parser():
     p.add_argument("--doc", default=str(REPO / "docs" / "paper_comparison.md"))
     p.add_argument("--resume", action="store_true")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--merge", action="append", default=[], metavar="DIR",
+                   help="add the runs of another --out folder (e.g. one a parallel process "
+                        "filled) to --out, then write the page as --table-only does; the "
+                        "folders must share the scale (model, data, lr, batch size, "
+                        "--max-length, --mom-norm; part mrc: its settings); repeatable")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = torch's default; 1 is much faster on a busy machine)")
     p.add_argument("--quiet", action="store_true")
@@ -807,6 +816,81 @@ def load_json(p: Path, default):
     return json.loads(p.read_text()) if p.is_file() else default
 
 
+# the settings a sequence-labelling run takes from the folder-wide options: folders
+# that differ in any of them cannot share a page
+MERGE_SCALE = ("model", "data", "lr", "batch_size", "max_length", "mom_norm", "max_grad_norm",
+               "epochs", "n_train")
+
+
+def merge_folders(out: Path, srcs: list) -> tuple[list, dict]:
+    """Fold the runs of the folders ``srcs`` into ``out`` (results.json,
+    meta.json, the tuning files); runs already in ``out`` (same name, seed and
+    part) are kept.  Returns (records, meta) of ``out``, written back."""
+    records = report.load_records(out)
+    meta_p = out / "meta.json"
+    meta = load_json(meta_p, {})
+    for src in map(Path, srcs):
+        if src.resolve() == out.resolve():
+            raise SystemExit(f"--merge {src}: that is --out itself")
+        r2 = report.load_records(src)
+        m2 = load_json(src / "meta.json", None)
+        if m2 is None or not r2:
+            raise SystemExit(f"--merge {src}: no runs there (results.json and meta.json)")
+        seq2 = [r for r in r2 if part_of(r) in SEQ_PARTS]
+        if seq2 and meta.get("n_train") is not None:
+            diff = [f"{k} {m2.get(k)!r} vs {meta.get(k)!r}" for k in MERGE_SCALE
+                    if m2.get(k) != meta.get(k)]
+            if diff:
+                raise SystemExit(f"--merge {src}: its scale differs from {out}'s: "
+                                 + "; ".join(diff))
+        mrc2 = any(part_of(r) == "mrc" for r in r2)
+
+        def mrc_settings(m):  # the part's settings but the seeds run so far
+            return {k: v for k, v in (m.get("mrc") or {}).items() if k != "seeds"}
+        if mrc2 and meta.get("mrc") and mrc_settings(meta) != mrc_settings(m2):
+            raise SystemExit(f"--merge {src}: its part-mrc settings differ from {out}'s")
+        have = {(r["loss"], r["seed"], part_of(r)) for r in records}
+        added = [r for r in r2 if (r["loss"], r["seed"], part_of(r)) not in have]
+        records += added
+        if not meta:  # an empty --out takes the source's folder-wide settings
+            meta = {k: v for k, v in m2.items() if k not in ("commands", "command", "notes")}
+        if mrc2:
+            seeds_mrc = sorted(set((meta.get("mrc") or {}).get("seeds", []))
+                               | set(m2["mrc"].get("seeds", [])))
+            meta["mrc"] = {**m2["mrc"], "seeds": seeds_mrc}
+            if "mrc_tuning" in m2:
+                meta["mrc_tuning"] = m2["mrc_tuning"]
+        for k in (*MERGE_SCALE, "model_desc", "data_desc", "clip_losses"):
+            if meta.get(k) is None and m2.get(k) is not None:
+                meta[k] = m2[k]
+        meta["parts"] = sorted(set(meta.get("parts", [])) | set(m2.get("parts", [])),
+                               key=PARTS.index)
+        meta["seeds"] = sorted(set(meta.get("seeds", [])) | set(m2.get("seeds", [])))
+        meta["wall_minutes"] = meta.get("wall_minutes", 0.0) + m2.get("wall_minutes", 0.0)
+        cmds = meta.get("commands") or ([meta["command"]] if meta.get("command") else [])
+        for c in m2.get("commands") or ([m2["command"]] if m2.get("command") else []):
+            if c not in cmds:
+                cmds.append(c)
+        merge_cmd = f"python examples/ner/reproduce_paper.py --merge {src} --out {out}"
+        if merge_cmd not in cmds:
+            cmds.append(merge_cmd)
+        meta["commands"], meta["command"] = cmds, cmds[-1]
+        meta["notes"] = meta.get("notes", []) + [n for n in m2.get("notes", [])
+                                                 if n not in meta.get("notes", [])]
+        for tp in sorted(src.glob("tuning*.json")):
+            dst = out / tp.name
+            if not dst.exists():
+                dst.write_text(tp.read_text())
+            elif load_json(dst, {}) != load_json(tp, {}):
+                raise SystemExit(f"--merge {src}: {tp.name} differs from {out}'s; "
+                                 "keep one of them")
+        print(f"--merge {src}: {len(added)} of {len(r2)} runs added "
+              + ", ".join(f"{r['loss']} seed {r['seed']}" for r in added), flush=True)
+    meta_p.write_text(json.dumps(meta, indent=1))
+    report.write_outputs(records, out, baseline="ce")
+    return records, meta
+
+
 def write_doc(args, records, tuning, meta) -> str:
     doc_p = Path(args.doc)
     old = doc_p.read_text() if doc_p.is_file() else ""
@@ -845,7 +929,9 @@ def main(argv=None):
     for part in parts:
         if part not in PARTS:
             raise SystemExit(f"--parts: unknown part {part!r}; choose from {', '.join(PARTS)}")
-    if args.table_only:
+    if args.table_only or args.merge:
+        if args.merge:
+            merge_folders(out, args.merge)
         records = report.load_records(out)
         meta = load_json(meta_p, {})
         new_notes = [n for n in args.note if n not in meta.get("notes", [])]
