@@ -253,6 +253,10 @@ def test_main_end_to_end_tiny(train, tmp_path):
     m = [d for d in data if d["loss"] == "mom"][0]
     assert (m["mom_norm"], m["mom_norm_M"]) == ("paper", 128)
     assert (a["mom_norm"], a["mom_norm_M"]) == (None, None)
+    # --mom-clip scaled (the default): MoM clipped at lam x --max-grad-norm, CE at the threshold
+    assert (m["mom_clip"], m["clip_threshold"]) == ("scaled", pytest.approx(0.175))
+    assert (a["mom_clip"], a["clip_threshold"]) == (None, 1.0)
+    assert "MoM losses at λ × 1: --mom-clip scaled" in summary
     for k in ("word_accuracy", "sentence_accuracy", "sentence_accuracy_by_length"):
         assert k in r["test"]
     assert isinstance(r["warnings"], list) and set(r["data_checks"]) == {"train", "dev", "test"}
@@ -262,6 +266,26 @@ def test_main_end_to_end_tiny(train, tmp_path):
                         "--seeds", "0,1", "--epochs", "1", "--losses", "torch-ce,ce,mom,wce2",
                         "--out", str(out), "--resume", "--quiet"])
     assert len(again) == 8
+
+
+def test_mom_clip_scaled_is_clipping_at_lam_times_the_threshold(train, tmp_path):
+    """--mom-clip scaled with threshold t trains exactly as --mom-clip same with
+    lam x t, and differently from same with t (tiny model: MoM's gradient norm
+    is about 3.6 here: the scaled threshold clips more steps)."""
+    common = ["--model", "tiny", "--max-train", "48", "--max-eval", "8", "--seeds", "0",
+              "--epochs", "1", "--batch-size", "16", "--losses", "mom", "--lam", "0.5",
+              "--quiet"]
+
+    def run(name, *extra):
+        rec, = train.main(common + ["--out", str(tmp_path / name), *extra])
+        return rec
+    scaled = run("scaled", "--max-grad-norm", "5")
+    same_lam = run("same_lam", "--max-grad-norm", "2.5", "--mom-clip", "same")
+    same = run("same", "--max-grad-norm", "5", "--mom-clip", "same")
+    assert scaled["clip_threshold"] == 2.5 and same["clip_threshold"] == 5.0
+    assert scaled["loss_curve"] == same_lam["loss_curve"]
+    assert scaled["clipped_fraction"] == same_lam["clipped_fraction"] > same["clipped_fraction"]
+    assert scaled["loss_curve"] != same["loss_curve"]
 
 
 # ------------------------------------------------------------------ under two processes (DDP)
@@ -613,6 +637,8 @@ def test_reproduce_paper_parts_end_to_end(rp, tmp_path):
     assert (by["mom@2ep-1/2"]["epochs"], by["mom@2ep-1/2"]["n_train"]) == (2, 20)
     assert by["mom@2ep-1/2"]["setting"] == "2ep-1/2" and by["mom@2ep-1/2"]["part"] == "long"
     assert by["mom-noclip"]["mom_norm"] == "paper" and by["mom-noclip"]["base_loss"] == "mom"
+    # the paper's recipe: MoM clipped at the same threshold as CE
+    assert (by["mom"]["mom_clip"], by["mom"]["clip_threshold"]) == ("same", 1.0)
     assert by["ce@2ep-1/2"]["train_subset_digest"] == by["mom@2ep-1/2"]["train_subset_digest"]
     second = rp.main(common + ["--parts", "lowres", "--lowres-losses", "ce,mom", "--seeds", "0,1",
                                "--fractions", "1/4,1/2", "--resume"])

@@ -224,7 +224,7 @@ def train_config(args, **over):
             "--max-length", str(args.max_length), "--max-train", str(args.max_train),
             "--max-eval", str(args.max_eval), "--gamma", str(args.gamma),
             "--wce2-beta", str(args.wce2_beta), "--mom-norm", args.mom_norm,
-            "--max-grad-norm", str(args.max_grad_norm),
+            "--max-grad-norm", str(args.max_grad_norm), "--mom-clip", "same",
             "--backend", args.backend, "--lam", str(PAPER_LAM),
             "--seeds", args.seeds, "--losses", "ce", "--out", args.out,
             "--threads", str(args.threads)]
@@ -242,7 +242,7 @@ def mrc_config(args, **over):
             "--gamma", str(args.mrc_gamma), "--dice-alpha", str(args.mrc_dice_alpha),
             "--dice-delta", str(args.mrc_dice_delta), "--wce2-beta", str(args.wce2_beta),
             "--mom-norm", args.mom_norm, "--max-grad-norm", str(args.max_grad_norm),
-            "--backend", args.backend, "--lam", str(args.mrc_lam), "--seeds", args.seeds,
+            "--mom-clip", "same", "--backend", args.backend, "--lam", str(args.mrc_lam), "--seeds", args.seeds,
             "--losses", "ce", "--out", args.out, "--threads", str(args.threads)]
     return parsed_config(train_mrc.parser(), argv, args, over)
 
