@@ -630,20 +630,23 @@ def test_reproduce_paper_parts_end_to_end(rp, tmp_path):
     first = rp.main(common + ["--parts", "main,clip,long", "--losses", "ce,mom", "--seeds", "0",
                               "--long-epochs", "2", "--long-fraction", "1/2"])
     assert sorted(r["loss"] for r in first) == sorted(
-        ["ce", "mom", "ce-noclip", "mom-noclip", "ce@2ep-1/2", "mom@2ep-1/2"])
+        ["ce", "mom", "ce-noclip", "mom-noclip", "mom-clipscaled", "ce@2ep-1/2", "mom@2ep-1/2"])
     by = {r["loss"]: r for r in first}
     assert by["ce-noclip"]["max_grad_norm"] == 0 and by["ce-noclip"]["clipped_fraction"] == 0
     assert by["ce"]["max_grad_norm"] == 1.0 and by["ce-noclip"]["grad_norm_median"] > 0
     assert (by["mom@2ep-1/2"]["epochs"], by["mom@2ep-1/2"]["n_train"]) == (2, 20)
     assert by["mom@2ep-1/2"]["setting"] == "2ep-1/2" and by["mom@2ep-1/2"]["part"] == "long"
     assert by["mom-noclip"]["mom_norm"] == "paper" and by["mom-noclip"]["base_loss"] == "mom"
-    # the paper's recipe: MoM clipped at the same threshold as CE
+    # the paper's recipe: MoM clipped at the same threshold as CE; and at lam x it
     assert (by["mom"]["mom_clip"], by["mom"]["clip_threshold"]) == ("same", 1.0)
+    sc = by["mom-clipscaled"]
+    assert (sc["mom_clip"], sc["clip_threshold"], sc["setting"], sc["part"]) == \
+        ("scaled", pytest.approx(0.175), "clipscaled", "clip")
     assert by["ce@2ep-1/2"]["train_subset_digest"] == by["mom@2ep-1/2"]["train_subset_digest"]
     second = rp.main(common + ["--parts", "lowres", "--lowres-losses", "ce,mom", "--seeds", "0,1",
                                "--fractions", "1/4,1/2", "--resume"])
     low = [r for r in second if r.get("part") == "lowres"]
-    assert len(second) == 6 + 8 and len(low) == 8
+    assert len(second) == 7 + 8 and len(low) == 8
     dig = {(r["loss"], r["seed"]): r["train_subset_digest"] for r in low}
     for f in ("1/4", "1/2"):  # one subset per seed, shared by the losses
         assert dig[(f"ce@frac-{f}", 0)] == dig[(f"mom@frac-{f}", 0)]
@@ -660,6 +663,9 @@ def test_reproduce_paper_parts_end_to_end(rp, tmp_path):
     rp.main(["--out", str(out), "--doc", str(doc), "--table-only"])
     page = doc.read_text()
     assert "Missing" not in page and "budget reached" in page
+    clip_sec = page.split("## Gradient clipping control")[1].split("## The paper's schedule")[0]
+    scaled = clip_sec.split("Setting: MoM clipped at λ × 1.0")[1]
+    assert "| CE | 1 |" in scaled and "| 0.175 |" in scaled  # p vs the main table's CE
     for s in ("## Table 5", "## Table 7", "## Gradient clipping control", "| off |",
               "2 epochs on 1/2 of the training set", "| 1/4 | 10 | CE | 2 |",
               "![Figure 2](paper_figure2.png)"):

@@ -21,7 +21,9 @@ sizes):
           ``--seeds``, loss-major (CE, FL and MoM finish for every seed first);
           run names = the loss names
   clip    ``--clip-losses`` (ce, mom) with ``--max-grad-norm 0`` (no clipping):
-          runs ``ce-noclip``, ``mom-noclip``.  Why not a CE scaled down to MoM's
+          runs ``ce-noclip``, ``mom-noclip``; and ``--clip-scaled-losses``
+          (mom) clipped at lambda x ``--max-grad-norm`` (``mom-clipscaled``),
+          which clips MoM as often as CE is clipped.  Why not a CE scaled down to MoM's
           gradient norm: AdamW divides each update by the running gradient RMS,
           so a constant loss scale changes nothing but the clipping -- a scaled
           CE is CE with a higher clipping threshold; training both losses
@@ -131,6 +133,9 @@ def parser():
                    help="comma list of " + ",".join(PARTS) + " (or all); see above")
     p.add_argument("--losses", default=",".join(ORDER), help="part main")
     p.add_argument("--clip-losses", default="ce,mom", help="part clip (no gradient clipping)")
+    p.add_argument("--clip-scaled-losses", default="mom",
+                   help="part clip: MoM losses clipped at lam x --max-grad-norm (train.py's "
+                        "--mom-clip scaled), compared with CE of the main table")
     p.add_argument("--long-losses", default="ce,mom", help="part long")
     p.add_argument("--long-epochs", type=int, default=10, help="part long: epochs")
     p.add_argument("--long-fraction", default="1/10", help="part long: training fraction")
@@ -255,14 +260,15 @@ def norm_suffix(base: str, mom_norm: str) -> str:
     return f"-{mom_norm}" if base.startswith("mom") and mom_norm != "paper" else ""
 
 
-def run_name(base: str, part: str, mom_norm: str, *, epochs=None, frac_tok=None) -> str:
+def run_name(base: str, part: str, mom_norm: str, *, epochs=None, frac_tok=None,
+             clip="noclip") -> str:
     """The record name of a run: ``mom``, ``mom-valid``, ``ce-noclip``,
-    ``mom@10ep-1/10``, ``focal@frac-3/100``, ``mrc-mom``."""
+    ``mom-clipscaled``, ``mom@10ep-1/10``, ``focal@frac-3/100``, ``mrc-mom``."""
     name = base + norm_suffix(base, mom_norm)
     if part == "mrc":
         return "mrc-" + name
     if part == "clip":
-        return name + "-noclip"
+        return f"{name}-{clip}"
     if part == "long":
         return f"{name}@{epochs}ep-{frac_tok}"
     if part == "lowres":
@@ -270,8 +276,8 @@ def run_name(base: str, part: str, mom_norm: str, *, epochs=None, frac_tok=None)
     return name
 
 
-def setting_of(part: str, *, epochs=None, frac_tok=None) -> str:
-    return {"main": "main", "clip": "noclip", "long": f"{epochs}ep-{frac_tok}",
+def setting_of(part: str, *, epochs=None, frac_tok=None, clip="noclip") -> str:
+    return {"main": "main", "clip": clip, "long": f"{epochs}ep-{frac_tok}",
             "lowres": f"frac-{frac_tok}", "mrc": "mrc"}[part]
 
 
@@ -439,8 +445,8 @@ def clip_table(rows) -> list:
     """Main and no-clipping runs: scores, how often clipping acted and the
     median gradient norm, p vs CE of the same setting."""
     def clip_cells(rs):
-        thr = rs[0].get("max_grad_norm")
-        return "off" if thr is not None and thr <= 0 else ("?" if thr is None else f"{thr:g}")
+        thr = rs[0].get("clip_threshold", rs[0].get("max_grad_norm"))
+        return "off" if thr is not None and thr <= 0 else ("?" if thr is None else f"{thr:.3g}")
 
     def frac(rs):
         xs = [r.get("clipped_fraction") for r in rs if r.get("clipped_fraction") is not None]
@@ -451,10 +457,17 @@ def clip_table(rows) -> list:
         return "—" if not xs else f"{statistics.mean(xs):.3g}"
 
     out = []
-    for sett in ("main", "noclip"):
+    titles = {"main": "max_grad_norm 1.0 (as the main table)",
+              "noclip": "no clipping (max_grad_norm 0)",
+              "clipscaled": "MoM clipped at λ × 1.0 (`--mom-clip scaled`), CE at 1.0 (the main "
+                            "table's CE runs; p vs those)"}
+    for sett in ("main", "noclip", "clipscaled"):
         rs = [r for r in rows if setting(r) == sett]
+        if rs and sett == "clipscaled":  # against the main table's CE
+            rs = [{**r, "setting": sett} for r in rows
+                  if setting(r) == "main" and base_of(r) == "ce"] + rs
         if rs:
-            out.append(f"Setting: {'max_grad_norm 1.0 (as the main table)' if sett == 'main' else 'no clipping (max_grad_norm 0)'}:\n")
+            out.append(f"Setting: {titles[sett]}:\n")
             out += metrics_table(rs, ("entity_precision", "entity_recall", "entity_f1",
                                       "token_macro_f1"),
                                  extra=[("clip at", clip_cells), ("steps clipped", frac),
@@ -652,10 +665,12 @@ def make_table(records, tuning, meta, old_doc: str = "", plot_path=None) -> str:
     lines.append("## Gradient clipping control\n")
     lines.append("With max_grad_norm 1.0 CE is clipped in most steps and MoM (paper "
                  "normalisation, a smaller gradient) in few, so a difference may come from the "
-                 "clipping. Part clip trains the same losses without clipping. (A CE scaled "
-                 "down to MoM's gradient norm is not run: AdamW divides each update by the "
-                 "running gradient RMS, so a constant loss scale only moves the clipping "
-                 "threshold.) Steps clipped = the fraction of steps whose gradient norm exceeded "
+                 "clipping. Part clip trains the same losses without clipping, and MoM clipped "
+                 "at λ × 1.0, which clips it about as often as CE is clipped at 1.0 (MoM's "
+                 "gradient is about λ times CE's). (A CE scaled down to MoM's gradient norm is "
+                 "not run: AdamW divides each update by the running gradient RMS, so a constant "
+                 "loss scale only moves the clipping threshold; MoM at λ × 1.0 is the same as "
+                 "MoM/λ at 1.0.) Steps clipped = the fraction of steps whose gradient norm exceeded "
                  "the threshold; median grad norm = the median over a run's steps, mean over "
                  "seeds.\n")
     if not have["clip"]:
@@ -961,6 +976,10 @@ def main(argv=None):
         for l in group:
             if l != "mom-tuned" and l not in ALL_LOSSES:
                 raise SystemExit(f"unknown loss {l!r}")
+    for l in split_list(args.clip_scaled_losses):
+        if l not in ALL_LOSSES or not l.startswith("mom"):
+            raise SystemExit(f"--clip-scaled-losses: {l!r} is not a MoM loss (mom, mom-focal, "
+                             "mom-dice): only those are clipped at lambda x the threshold")
     fractions = {tok: parse_fraction(tok) for tok in split_list(args.fractions)}
     long_frac = parse_fraction(args.long_fraction)
     cfg = train_config(args)
@@ -1007,7 +1026,7 @@ def main(argv=None):
         **scale, "out": str(out),
         "command": command, "commands": commands + [command],
         "parts": sorted(set(meta.get("parts", [])) | set(parts), key=PARTS.index),
-        "clip_losses": args.clip_losses,
+        "clip_losses": args.clip_losses, "clip_scaled_losses": args.clip_scaled_losses,
         "notes": meta.get("notes", []) + [n for n in args.note if n not in meta.get("notes", [])],
     })
 
@@ -1018,11 +1037,11 @@ def main(argv=None):
         report.write_outputs(records, out, baseline="ce")
 
     def run(loss_fn, base, seed, *, part="main", lam=None, cfg_=None, prep_=None, n_train=None,
-            epochs=None, frac_tok=None, trainer=train.train_one):
+            epochs=None, frac_tok=None, trainer=train.train_one, clip="noclip"):
         """One run unless done or over budget; ``prep_`` may be a callable
         (the Prepared is only built when a run needs it)."""
         nonlocal budget_hit
-        name = run_name(base, part, args.mom_norm, epochs=epochs, frac_tok=frac_tok)
+        name = run_name(base, part, args.mom_norm, epochs=epochs, frac_tok=frac_tok, clip=clip)
         clash = [r for r in records if r["loss"] == name and norm_of(r) != norm_of(
             {"loss": name, "base_loss": base, "mom_norm": args.mom_norm})]
         if clash:  # e.g. "mom" records of a folder made before --mom-norm paper
@@ -1043,7 +1062,8 @@ def main(argv=None):
         k = last["mrc"] if kind == "mrc" else last
         k["rate"] = rec["train_seconds"] / max(len(p.train) * c.epochs, 1)
         k["overhead"] = max(took - rec["train_seconds"], 0.0)
-        rec.update(part=part, setting=setting_of(part, epochs=epochs, frac_tok=frac_tok),
+        rec.update(part=part, setting=setting_of(part, epochs=epochs, frac_tok=frac_tok,
+                                                 clip=clip),
                    base_loss=base, fraction_label=frac_tok,
                    data=Path(str(rec["data"])).name)  # the folder's name: no local path
         records.append(rec)
@@ -1069,6 +1089,10 @@ def main(argv=None):
         for seed in seeds:
             for loss in split_list(args.clip_losses):
                 run(loss, loss, seed, part="clip", cfg_=ccfg)
+        scfg = train_config(args, mom_clip="scaled")
+        for seed in seeds:
+            for loss in split_list(args.clip_scaled_losses):
+                run(loss, loss, seed, part="clip", cfg_=scfg, clip="clipscaled")
     n_full = args.max_train or (prep.n_train_full if prep is not None else 0)
 
     def subset_runs(part, loss_list, tok, frac, epochs):
