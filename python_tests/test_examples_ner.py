@@ -654,6 +654,15 @@ def test_reproduce_paper_parts_end_to_end(rp, tmp_path):
         assert dig[(f"ce@frac-{f}", 0)] != dig[(f"ce@frac-{f}", 1)]
     assert {r["n_train"] for r in low if r["fraction_label"] == "1/4"} == {10}
     assert {r["subset_seed"] for r in low} == {0, 1}
+    # MoM clipped at lam x the threshold on the low-resource curve: its own name, row and line
+    scaled_lowres = rp.main(common + ["--parts", "lowres", "--lowres-losses", "mom", "--seeds",
+                                      "0", "--fractions", "1/4", "--mom-clip", "scaled",
+                                      "--resume"])
+    sc, = [r for r in scaled_lowres if r["loss"] == "mom-clipscaled@frac-1/4"]
+    assert (sc["clip_threshold"], sc["setting"]) == (pytest.approx(0.175), "frac-1/4")
+    with pytest.raises(SystemExit, match="--mom-clip scaled: mom-tuned"):
+        rp.main(common + ["--losses", "mom-tuned", "--mom-clip", "scaled", "--resume"])
+    second = second + [r for r in scaled_lowres if r["loss"] == "mom-clipscaled@frac-1/4"]
     # budget: a new seed does not fit a budget that is already spent
     third = rp.main(common + ["--parts", "clip", "--seeds", "0,2", "--resume",
                               "--budget-minutes", "0.00001"])
@@ -668,6 +677,7 @@ def test_reproduce_paper_parts_end_to_end(rp, tmp_path):
     assert "| CE | 1 |" in scaled and "| 0.175 |" in scaled  # p vs the main table's CE
     for s in ("## Table 5", "## Table 7", "## Gradient clipping control", "| off |",
               "2 epochs on 1/2 of the training set", "| 1/4 | 10 | CE | 2 |",
+              "| 1/4 | 10 | MoM (λ = 0.175, paper norm, clipped at λ × 1) | 1 |",
               "![Figure 2](paper_figure2.png)"):
         assert s in page, s
     assert (tmp_path / "paper_figure2.png").stat().st_size > 0

@@ -133,6 +133,10 @@ def parser():
                    help="comma list of " + ",".join(PARTS) + " (or all); see above")
     p.add_argument("--losses", default=",".join(ORDER), help="part main")
     p.add_argument("--clip-losses", default="ce,mom", help="part clip (no gradient clipping)")
+    p.add_argument("--mom-clip", default="same", choices=("same", "scaled"),
+                   help="parts main, long, lowres: 'same' (the paper's recipe) clips every loss "
+                        "at --max-grad-norm; 'scaled' clips MoM losses at lam x it (train.py's "
+                        "default), runs named mom-clipscaled, mom-clipscaled@frac-1/10, ...")
     p.add_argument("--clip-scaled-losses", default="mom",
                    help="part clip: MoM losses clipped at lam x --max-grad-norm (train.py's "
                         "--mom-clip scaled), compared with CE of the main table")
@@ -229,7 +233,7 @@ def train_config(args, **over):
             "--max-length", str(args.max_length), "--max-train", str(args.max_train),
             "--max-eval", str(args.max_eval), "--gamma", str(args.gamma),
             "--wce2-beta", str(args.wce2_beta), "--mom-norm", args.mom_norm,
-            "--max-grad-norm", str(args.max_grad_norm), "--mom-clip", "same",
+            "--max-grad-norm", str(args.max_grad_norm), "--mom-clip", args.mom_clip,
             "--backend", args.backend, "--lam", str(PAPER_LAM),
             "--seeds", args.seeds, "--losses", "ce", "--out", args.out,
             "--threads", str(args.threads)]
@@ -269,6 +273,8 @@ def run_name(base: str, part: str, mom_norm: str, *, epochs=None, frac_tok=None,
         return "mrc-" + name
     if part == "clip":
         return f"{name}-{clip}"
+    if clip == "clipscaled" and base.startswith("mom"):
+        name += "-clipscaled"
     if part == "long":
         return f"{name}@{epochs}ep-{frac_tok}"
     if part == "lowres":
@@ -314,6 +320,8 @@ def label(r) -> str:
     extra = {"mom-focal": " + FL", "mom-dice": " + DL"}.get(base, "")
     norm = norm_of(r)
     how = "paper norm" if norm == "paper" else f"{norm} norm; ablation"
+    if r.get("mom_clip") == "scaled" and part_of(r) != "clip":
+        how += f", clipped at λ × {r.get('max_grad_norm', 1.0):g}"
     return f"MoM{extra} ({lam}, {how})"
 
 
@@ -518,8 +526,10 @@ def lowres_plot(rows, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     flat = [r for rs in by.values() for r in rs]
-    bases = [b for b in ORDER if any(base_of(r) == b for r in flat)]
-    bases += [b for b in dict.fromkeys(base_of(r) for r in flat) if b not in bases]
+    def key(r):  # a loss, and MoM clipped at lam x the threshold apart from MoM
+        return (base_of(r), r.get("mom_clip") == "scaled")
+    bases = [k for b in ORDER for k in dict.fromkeys(map(key, flat)) if k[0] == b]
+    bases += [k for k in dict.fromkeys(map(key, flat)) if k not in bases]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, (m, title) in zip(axes, (("token_macro_f1", "token macro F1"),
                                      ("sentence_accuracy", "sentence accuracy"),
@@ -527,7 +537,7 @@ def lowres_plot(rows, path: Path) -> bool:
         for i, b in enumerate(bases):
             xs, ms, ss = [], [], []
             for tok, rs in by.items():
-                ys = [r["test"].get(m) for r in rs if base_of(r) == b]
+                ys = [r["test"].get(m) for r in rs if key(r) == b]
                 ys = [y * 100 for y in ys if y is not None]
                 if ys:
                     mm, sd = report.mean_std(ys)
@@ -535,7 +545,7 @@ def lowres_plot(rows, path: Path) -> bool:
                     ms.append(mm)
                     ss.append(sd)
             if xs:
-                lab = label(next(r for r in flat if base_of(r) == b))
+                lab = label(next(r for r in flat if key(r) == b))
                 ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, color=f"C{i}", label=lab)
         ax.set_xscale("log")
         ax.minorticks_off()
@@ -976,6 +986,10 @@ def main(argv=None):
         for l in group:
             if l != "mom-tuned" and l not in ALL_LOSSES:
                 raise SystemExit(f"unknown loss {l!r}")
+    mclip = "clipscaled" if args.mom_clip == "scaled" else "noclip"  # run-name suffix
+    if args.mom_clip == "scaled" and "main" in parts and "mom-tuned" in losses:
+        raise SystemExit("--mom-clip scaled: mom-tuned is tuned with the paper's clipping "
+                         "(--mom-clip same); run it in another command")
     for l in split_list(args.clip_scaled_losses):
         if l not in ALL_LOSSES or not l.startswith("mom"):
             raise SystemExit(f"--clip-scaled-losses: {l!r} is not a MoM loss (mom, mom-focal, "
@@ -1075,7 +1089,7 @@ def main(argv=None):
         for loss in losses:
             if loss != "mom-tuned":
                 for seed in seeds:
-                    run(loss, loss, seed)
+                    run(loss, loss, seed, clip=mclip)
                 continue
             tuning = tune_lambda(args, tuning, tune_p, budget_s, t0, last)
             if tuning.get("budget_hit"):
@@ -1107,7 +1121,8 @@ def main(argv=None):
                 return cache["p"]
             for loss in loss_list:
                 run(loss, loss, seed, part=part, cfg_=scfg, prep_=get,
-                    n_train=max(1, round(frac * n_full)), epochs=epochs, frac_tok=tok)
+                    n_train=max(1, round(frac * n_full)), epochs=epochs, frac_tok=tok,
+                    clip=mclip)
 
     if "long" in parts:
         subset_runs("long", split_list(args.long_losses), args.long_fraction.strip(), long_frac,
