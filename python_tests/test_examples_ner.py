@@ -681,6 +681,11 @@ def test_reproduce_paper_parts_end_to_end(rp, tmp_path):
               "![Figure 2](paper_figure2.png)"):
         assert s in page, s
     assert (tmp_path / "paper_figure2.png").stat().st_size > 0
+    # a run is (name, seed, part): part main's MoM at lam x the threshold is not skipped
+    # as done because part clip has a run of the same name and seed
+    fifth = rp.main(common + ["--losses", "mom", "--seeds", "0", "--mom-clip", "scaled",
+                              "--resume"])
+    assert sorted(r["part"] for r in fifth if r["loss"] == "mom-clipscaled") == ["clip", "main"]
 
 
 def test_reproduce_paper_merge_folds_in_a_parallel_folder(rp, tmp_path):

@@ -193,7 +193,8 @@ def parser():
                    help="add the runs of another --out folder (e.g. one a parallel process "
                         "filled) to --out, then write the page as --table-only does; the "
                         "folders must share the scale (model, data, lr, batch size, "
-                        "--max-length, --mom-norm; part mrc: its settings); repeatable")
+                        "--max-length, --mom-norm, --max-grad-norm, --epochs, training set "
+                        "size; part mrc: its settings); repeatable")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = torch's default; 1 is much faster on a busy machine)")
     p.add_argument("--quiet", action="store_true")
@@ -251,8 +252,9 @@ def mrc_config(args, **over):
             "--gamma", str(args.mrc_gamma), "--dice-alpha", str(args.mrc_dice_alpha),
             "--dice-delta", str(args.mrc_dice_delta), "--wce2-beta", str(args.wce2_beta),
             "--mom-norm", args.mom_norm, "--max-grad-norm", str(args.max_grad_norm),
-            "--mom-clip", "same", "--backend", args.backend, "--lam", str(args.mrc_lam), "--seeds", args.seeds,
-            "--losses", "ce", "--out", args.out, "--threads", str(args.threads)]
+            "--mom-clip", "same", "--backend", args.backend, "--lam", str(args.mrc_lam),
+            "--seeds", args.seeds, "--losses", "ce", "--out", args.out,
+            "--threads", str(args.threads)]
     return parsed_config(train_mrc.parser(), argv, args, over)
 
 
@@ -265,14 +267,16 @@ def norm_suffix(base: str, mom_norm: str) -> str:
 
 
 def run_name(base: str, part: str, mom_norm: str, *, epochs=None, frac_tok=None,
-             clip="noclip") -> str:
+             clip=None) -> str:
     """The record name of a run: ``mom``, ``mom-valid``, ``ce-noclip``,
-    ``mom-clipscaled``, ``mom@10ep-1/10``, ``focal@frac-3/100``, ``mrc-mom``."""
+    ``mom-clipscaled``, ``mom@10ep-1/10``, ``focal@frac-3/100``, ``mrc-mom``.
+    ``clip``: part clip's setting ("noclip", the default, or "clipscaled");
+    elsewhere "clipscaled" marks a MoM run clipped at lambda x the threshold."""
     name = base + norm_suffix(base, mom_norm)
     if part == "mrc":
         return "mrc-" + name
     if part == "clip":
-        return f"{name}-{clip}"
+        return f"{name}-{clip or 'noclip'}"
     if clip == "clipscaled" and base.startswith("mom"):
         name += "-clipscaled"
     if part == "long":
@@ -282,13 +286,25 @@ def run_name(base: str, part: str, mom_norm: str, *, epochs=None, frac_tok=None,
     return name
 
 
-def setting_of(part: str, *, epochs=None, frac_tok=None, clip="noclip") -> str:
-    return {"main": "main", "clip": clip, "long": f"{epochs}ep-{frac_tok}",
+def setting_of(part: str, *, epochs=None, frac_tok=None, clip=None) -> str:
+    return {"main": "main", "clip": clip or "noclip", "long": f"{epochs}ep-{frac_tok}",
             "lowres": f"frac-{frac_tok}", "mrc": "mrc"}[part]
 
 
 def part_of(r) -> str:
     return r.get("part", "main")  # records from before the parts: the main comparison
+
+
+def run_key(r) -> tuple:
+    """What identifies a run in a folder: its name, seed and part (--resume
+    skips a run whose key is there; --merge adds the runs whose key is not)."""
+    return (r["loss"], r["seed"], part_of(r))
+
+
+def commands_of(meta: dict) -> list:
+    """The commands that filled a folder, oldest first (folders from before
+    the list kept only "command")."""
+    return list(meta.get("commands") or ([meta["command"]] if meta.get("command") else []))
 
 
 def setting(r) -> str:
@@ -526,10 +542,12 @@ def lowres_plot(rows, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     flat = [r for rs in by.values() for r in rs]
+
     def key(r):  # a loss, and MoM clipped at lam x the threshold apart from MoM
         return (base_of(r), r.get("mom_clip") == "scaled")
-    bases = [k for b in ORDER for k in dict.fromkeys(map(key, flat)) if k[0] == b]
-    bases += [k for k in dict.fromkeys(map(key, flat)) if k not in bases]
+    keys = list(dict.fromkeys(map(key, flat)))
+    bases = [k for b in ORDER for k in keys if k[0] == b]
+    bases += [k for k in keys if k not in bases]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, (m, title) in zip(axes, (("token_macro_f1", "token macro F1"),
                                      ("sentence_accuracy", "sentence accuracy"),
@@ -612,7 +630,7 @@ def make_table(records, tuning, meta, old_doc: str = "", plot_path=None) -> str:
                      f"{tuning.get('epochs')} epoch(s) on {tuning.get('n_train')} "
                      f"training sentences, maximising dev entity F1 ({tr}); best λ = "
                      f"{tuning['best_lam']:.3f}")
-    commands = meta.get("commands") or [meta.get("command")]
+    commands = commands_of(meta) or [None]
     if len(commands) > 1:
         lines.append("- Commands (in this order; the later ones add runs with `--resume`): "
                      + "; ".join(f"`{c}`" for c in commands))
@@ -874,8 +892,8 @@ def merge_folders(out: Path, srcs: list) -> tuple[list, dict]:
             return {k: v for k, v in (m.get("mrc") or {}).items() if k != "seeds"}
         if mrc2 and meta.get("mrc") and mrc_settings(meta) != mrc_settings(m2):
             raise SystemExit(f"--merge {src}: its part-mrc settings differ from {out}'s")
-        have = {(r["loss"], r["seed"], part_of(r)) for r in records}
-        added = [r for r in r2 if (r["loss"], r["seed"], part_of(r)) not in have]
+        have = set(map(run_key, records))
+        added = [r for r in r2 if run_key(r) not in have]
         records += added
         if not meta:  # an empty --out takes the source's folder-wide settings
             meta = {k: v for k, v in m2.items() if k not in ("commands", "command", "notes")}
@@ -892,13 +910,8 @@ def merge_folders(out: Path, srcs: list) -> tuple[list, dict]:
                                key=PARTS.index)
         meta["seeds"] = sorted(set(meta.get("seeds", [])) | set(m2.get("seeds", [])))
         meta["wall_minutes"] = meta.get("wall_minutes", 0.0) + m2.get("wall_minutes", 0.0)
-        cmds = meta.get("commands") or ([meta["command"]] if meta.get("command") else [])
-        for c in m2.get("commands") or ([m2["command"]] if m2.get("command") else []):
-            if c not in cmds:
-                cmds.append(c)
         merge_cmd = f"python examples/ner/reproduce_paper.py --merge {src} --out {out}"
-        if merge_cmd not in cmds:
-            cmds.append(merge_cmd)
+        cmds = list(dict.fromkeys(commands_of(meta) + commands_of(m2) + [merge_cmd]))
         meta["commands"], meta["command"] = cmds, cmds[-1]
         meta["notes"] = meta.get("notes", []) + [n for n in m2.get("notes", [])
                                                  if n not in meta.get("notes", [])]
@@ -986,7 +999,7 @@ def main(argv=None):
         for l in group:
             if l != "mom-tuned" and l not in ALL_LOSSES:
                 raise SystemExit(f"unknown loss {l!r}")
-    mclip = "clipscaled" if args.mom_clip == "scaled" else "noclip"  # run-name suffix
+    mclip = "clipscaled" if args.mom_clip == "scaled" else None  # run-name suffix
     if args.mom_clip == "scaled" and "main" in parts and "mom-tuned" in losses:
         raise SystemExit("--mom-clip scaled: mom-tuned is tuned with the paper's clipping "
                          "(--mom-clip same); run it in another command")
@@ -1019,7 +1032,7 @@ def main(argv=None):
     command = "python " + " ".join(shlex.quote(a) for a in ["examples/ner/reproduce_paper.py"]
                                    + list(sys.argv[1:] if argv is None else argv))
     # --resume adds runs to the same folder: keep every command and seed
-    commands = (meta.get("commands") or [meta["command"]]) if meta.get("command") else []
+    commands = commands_of(meta)
     all_seeds = sorted(set(meta.get("seeds", [])) | set(seeds))
     scale = {  # the sequence-labelling scale: kept when only part mrc runs
         "mom_norm": args.mom_norm, "max_grad_norm": args.max_grad_norm,
@@ -1051,7 +1064,7 @@ def main(argv=None):
         report.write_outputs(records, out, baseline="ce")
 
     def run(loss_fn, base, seed, *, part="main", lam=None, cfg_=None, prep_=None, n_train=None,
-            epochs=None, frac_tok=None, trainer=train.train_one, clip="noclip"):
+            epochs=None, frac_tok=None, trainer=train.train_one, clip=None):
         """One run unless done or over budget; ``prep_`` may be a callable
         (the Prepared is only built when a run needs it)."""
         nonlocal budget_hit
@@ -1061,7 +1074,7 @@ def main(argv=None):
         if clash:  # e.g. "mom" records of a folder made before --mom-norm paper
             raise SystemExit(f"{out}: the runs named {name!r} there used mom_norm="
                              f"{norm_of(clash[0])!r}, not {args.mom_norm!r}; use another --out")
-        if any(r["loss"] == name and r["seed"] == seed for r in records):
+        if (name, seed, part) in set(map(run_key, records)):
             return
         c = cfg_ or cfg
         kind = "mrc" if part == "mrc" else None

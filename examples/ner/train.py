@@ -391,7 +391,8 @@ def main(argv=None) -> list:
     if rank == 0:
         header = (f"{cfg.model} on {cfg.data} ({len(prep.train)} train sentences, {cfg.epochs} "
                   f"epochs, seeds {cfg.seed_list}, world size {ws}); MoM: λ = {cfg.lam}, "
-                  f"{norm_desc(cfg.mom_norm, cfg.max_length)}; {clip_desc(cfg)}; test split, mean ± std over seeds (×100); "
+                  f"{norm_desc(cfg.mom_norm, cfg.max_length)}; {clip_desc(cfg)}; "
+                  "test split, mean ± std over seeds (×100); "
                   f"wall {time.perf_counter() - t_start:.0f} s")
         table = write_outputs(records, out, header)
         print("\n" + header + "\n" + table, flush=True)
