@@ -700,6 +700,7 @@ def test_reproduce_paper_merge_folds_in_a_parallel_folder(rp, tmp_path):
     rp.main(common + ["--out", str(a), "--losses", "ce", "--seeds", "0"])
     rp.main(common + ["--out", str(b), "--parts", "lowres", "--lowres-losses", "ce",
                       "--fractions", "1/2", "--seeds", "0,1"])
+    wall_a0 = json.loads((a / "meta.json").read_text())["wall_minutes"]
     merged = rp.main(["--out", str(a), "--doc", str(doc), "--merge", str(b)])
     assert sorted((r["loss"], r["seed"]) for r in merged) == [
         ("ce", 0), ("ce@frac-1/2", 0), ("ce@frac-1/2", 1)]
@@ -709,8 +710,32 @@ def test_reproduce_paper_merge_folds_in_a_parallel_folder(rp, tmp_path):
     assert any("--parts lowres" in c for c in meta["commands"])
     assert meta["commands"][-1] == f"python examples/ner/reproduce_paper.py --merge {b} --out {a}"
     assert "| 1/2 | 12 | CE | 2 |" in doc.read_text()
-    # again: nothing new, and the folder's runs are not duplicated
+    wall_b = json.loads((b / "meta.json").read_text())["wall_minutes"]
+    assert meta["wall_minutes"] == pytest.approx(wall_a0 + wall_b)  # a's own time + b's
+    wall_a = meta["wall_minutes"]
+    # again: nothing new, and the folder's runs, time and merge are not duplicated
     assert len(rp.main(["--out", str(a), "--doc", str(doc), "--merge", str(b)])) == 3
+    meta = json.loads((a / "meta.json").read_text())
+    assert meta["wall_minutes"] == pytest.approx(wall_a)
+    assert sum(c.startswith("python examples/ner/reproduce_paper.py --merge")
+               for c in meta["commands"]) == 1
+    # b gains a seed after its merge: merged again, a counts only b's new time and
+    # lists b's new command, then the merge again
+    rp.main(common + ["--out", str(b), "--parts", "lowres", "--lowres-losses", "ce",
+                      "--fractions", "1/2", "--seeds", "2", "--resume"])
+    mb = json.loads((b / "meta.json").read_text())
+    assert len(rp.main(["--out", str(a), "--doc", str(doc), "--merge", str(b)])) == 4
+    meta = json.loads((a / "meta.json").read_text())
+    assert meta["wall_minutes"] == pytest.approx(wall_a + mb["wall_minutes"] - wall_b)
+    assert "--seeds 2" in meta["commands"][-2]
+    assert meta["commands"][-1] == meta["commands"][-3] == (
+        f"python examples/ner/reproduce_paper.py --merge {b} --out {a}")
+    # an empty --out takes b's settings but not b's identity or time twice
+    e = tmp_path / "e"
+    rp.main(["--out", str(e), "--doc", str(doc), "--merge", str(b)])
+    me = json.loads((e / "meta.json").read_text())
+    assert me["wall_minutes"] == pytest.approx(mb["wall_minutes"])
+    assert me.get("folder_id") != mb["folder_id"]
     # a folder trained at another learning rate cannot share the page
     c = tmp_path / "c"
     c.mkdir()

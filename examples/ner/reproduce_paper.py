@@ -92,6 +92,7 @@ import shlex
 import statistics
 import sys
 import time
+import uuid
 from fractions import Fraction
 from pathlib import Path
 
@@ -825,13 +826,15 @@ def mrc_section(rows, main_rows, meta) -> list:
         for b in both:
             sl = [r for r in main_rows if base_of(r) == b]
             mr = [r for r in mrc_rows if base_of(r) == b]
-            body.append([label(sl[0]), f"{len(sl)} / {len(mr)}",
+            # the two frameworks' settings may differ (FL's gamma, the tuned lambda)
+            ls, lm = label(sl[0]), label(mr[0])
+            body.append([ls if ls == lm else f"{ls} / {lm}", f"{len(sl)} / {len(mr)}",
                          f"{sl[0].get('n_test')} / {mr[0].get('n_test_sentences')}",
                          _fmt([r["test"]["entity_f1"] for r in sl]),
                          _fmt([r["test"]["entity_f1"] for r in mr]),
                          _fmt([r["test"]["token_macro_f1"] for r in sl]),
                          _fmt([r["test"]["token_macro_f1"] for r in mr])])
-        out += _table(["Loss (sequence labelling)", "runs SL / MRC", "test sentences SL / MRC",
+        out += _table(["Loss (SL / MRC)", "runs SL / MRC", "test sentences SL / MRC",
                        "entity F1 SL",
                        "entity F1 MRC", "macro F1 SL", "macro F1 MRC"], body)
     return out
@@ -896,7 +899,9 @@ def merge_folders(out: Path, srcs: list) -> tuple[list, dict]:
         added = [r for r in r2 if run_key(r) not in have]
         records += added
         if not meta:  # an empty --out takes the source's folder-wide settings
-            meta = {k: v for k, v in m2.items() if k not in ("commands", "command", "notes")}
+            meta = {k: v for k, v in m2.items() if k not in (
+                "commands", "command", "notes", "wall_minutes", "folder_id",
+                "merged_wall_minutes")}
         if mrc2:
             seeds_mrc = sorted(set((meta.get("mrc") or {}).get("seeds", []))
                                | set(m2["mrc"].get("seeds", [])))
@@ -909,9 +914,18 @@ def merge_folders(out: Path, srcs: list) -> tuple[list, dict]:
         meta["parts"] = sorted(set(meta.get("parts", [])) | set(m2.get("parts", [])),
                                key=PARTS.index)
         meta["seeds"] = sorted(set(meta.get("seeds", [])) | set(m2.get("seeds", [])))
-        meta["wall_minutes"] = meta.get("wall_minutes", 0.0) + m2.get("wall_minutes", 0.0)
+        # A folder may be merged again after more runs went into it: count only the
+        # wall time it gained since its last merge, and list the merge again.
+        key = m2.get("folder_id") or str(src)
+        merged_wall = meta.setdefault("merged_wall_minutes", {})
+        gained = m2.get("wall_minutes", 0.0) - merged_wall.get(key, 0.0)
+        meta["wall_minutes"] = meta.get("wall_minutes", 0.0) + max(gained, 0.0)
+        merged_wall[key] = m2.get("wall_minutes", 0.0)
         merge_cmd = f"python examples/ner/reproduce_paper.py --merge {src} --out {out}"
-        cmds = list(dict.fromkeys(commands_of(meta) + commands_of(m2) + [merge_cmd]))
+        prev = commands_of(meta)
+        cmds = prev + [c for c in dict.fromkeys(commands_of(m2)) if c not in prev]
+        if added or merge_cmd not in prev:
+            cmds.append(merge_cmd)
         meta["commands"], meta["command"] = cmds, cmds[-1]
         meta["notes"] = meta.get("notes", []) + [n for n in m2.get("notes", [])
                                                  if n not in meta.get("notes", [])]
@@ -1051,6 +1065,8 @@ def main(argv=None):
         "data_desc": (f"CoNLL-2003 English ({Path(args.data).name}: eng.train / eng.testa (dev) / "
                       "eng.testb (test)), IOB1 converted to BIO"),
         **scale, "out": str(out),
+        # identifies this folder to --merge (which counts a re-merged folder's time once)
+        "folder_id": meta.get("folder_id") or uuid.uuid4().hex[:12],
         "command": command, "commands": commands + [command],
         "parts": sorted(set(meta.get("parts", [])) | set(parts), key=PARTS.index),
         "clip_losses": args.clip_losses, "clip_scaled_losses": args.clip_scaled_losses,
