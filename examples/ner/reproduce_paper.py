@@ -1090,7 +1090,7 @@ def main(argv=None):
         if clash:  # e.g. "mom" records of a folder made before --mom-norm paper
             raise SystemExit(f"{out}: the runs named {name!r} there used mom_norm="
                              f"{norm_of(clash[0])!r}, not {args.mom_norm!r}; use another --out")
-        if (name, seed, part) in set(map(run_key, records)):
+        if any(run_key(r) == (name, seed, part) for r in records):
             return
         c = cfg_ or cfg
         kind = "mrc" if part == "mrc" else None
