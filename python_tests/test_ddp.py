@@ -101,6 +101,9 @@ def _worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       RANK=str(rank), WORLD_SIZE=str(WORLD))
     import torch.distributed as dist
+    # before init_process_group, or the group outlives destroy_process_group():
+    # examples/ner/train.py's init_distributed says why
+    import torch.distributed.nn as _dist_nn  # noqa: F401
     from torch.nn.parallel import DistributedDataParallel as DDP
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:

@@ -311,6 +311,21 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _thread_names():
+    """Names of this process's OS threads (Linux /proc), None elsewhere."""
+    task = "/proc/self/task"
+    if not os.path.isdir(task):
+        return None
+    names = []
+    for tid in os.listdir(task):
+        try:
+            with open(os.path.join(task, tid, "comm")) as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended while we listed
+            pass
+    return names
+
+
 def _main_worker(rank, port, out_dir):
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
@@ -318,6 +333,10 @@ def _main_worker(rank, port, out_dir):
     _example("train").main(["--model", "tiny", "--losses", "mom", "--seeds", "0", "--epochs", "1",
                             "--max-train", "40", "--max-eval", "16", "--batch-size", "8",
                             "--threads", "1", "--device", "cpu", "--out", out_dir, "--quiet"])
+    # What is still running once main() has returned: the process group's gloo
+    # threads must be gone (destroyed by main), not left to interpreter exit.
+    with open(os.path.join(out_dir, f"threads_rank{rank}.json"), "w") as f:
+        json.dump(_thread_names(), f)
 
 
 @needs_dist
@@ -331,6 +350,13 @@ def test_train_under_two_processes_paper_norm(tmp_path):
     assert (rec["loss"], rec["world_size"], rec["mom_norm"], rec["mom_norm_M"]) == \
         ("mom", 2, "paper", 128)
     assert rec["steps"] == 5 and all(v > 0 for _, v in rec["loss_curve"])
+    # main() destroyed the process group: no gloo thread outlives it.  A group kept
+    # alive (torch.distributed.nn imported after init_process_group binds it as a
+    # default argument) was torn down at interpreter exit and aborted rank 1 in CI.
+    for rank in (0, 1):
+        names = json.loads((tmp_path / f"threads_rank{rank}.json").read_text())
+        if names is not None:
+            assert not [n for n in names if "gloo" in n], (rank, names)
 
 
 @pytest.fixture(scope="module")

@@ -130,6 +130,16 @@ def finalize_config(cfg):
 def init_distributed(cfg):
     ws, rank = dist_info()
     if ws > 1 and not torch.distributed.is_initialized():
+        # Import torch.distributed.nn before the process group exists.  Its
+        # functions take ``group=group.WORLD`` as default arguments, bound when the
+        # module is first imported; DistributedDataParallel's constructor imports it
+        # (via torch.distributed._shard), so imported after init_process_group those
+        # defaults hold the live WORLD group and destroy_process_group() cannot free
+        # it.  Its gloo threads then outlive main() and are torn down during
+        # interpreter exit, which can abort the process ("terminate called without
+        # an active exception", SIGABRT) after the run has finished and written its
+        # results.  Imported first, the defaults bind the pre-init placeholder.
+        import torch.distributed.nn as _dist_nn  # noqa: F401 (binds no local "torch")
         backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(torch.device(cfg.device))
